@@ -1,0 +1,129 @@
+"""Prompt building: policy + numbered passages + thread history + question, within a token budget.
+
+Pure functions. Training formats its examples with `build_messages` too, so the adapters learn
+exactly the prompt shape they are served with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+TokenCounter = Callable[[str], int]
+
+SOURCES_HEADER = "Sources:"
+MIN_PASSAGE_TOKENS = 24  # a passage cut shorter than this is dropped rather than shown as a stub
+
+
+def approx_tokens(text: str) -> int:
+    """A cheap upper-ish estimate (about 3.5 characters per token for English BPE)."""
+    return max(1, int(len(text) / 3.5) + 1) if text else 0
+
+
+@dataclass(frozen=True)
+class Passage:
+    chunk_id: str
+    title: str
+    text: str
+    score: float = 0.0
+    doc_id: str = ""
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str  # "user" or "assistant"
+    text: str
+
+
+@dataclass(frozen=True)
+class BuiltPrompt:
+    messages: list[dict[str, str]]
+    passages: list[Passage]  # the passages actually shown, in citation order [1], [2], ...
+    tokens: int
+    dropped_turns: int = 0
+
+
+def _cut(text: str, max_tokens: int, count: TokenCounter) -> str:
+    """Cut text to at most max_tokens (by count), on a word boundary."""
+    if count(text) <= max_tokens:
+        return text
+    lo, hi = 0, len(text)
+    while lo < hi:  # binary search on characters: the counter may be a real tokenizer
+        mid = (lo + hi + 1) // 2
+        if count(text[:mid]) <= max_tokens - 1:
+            lo = mid
+        else:
+            hi = mid - 1
+    cut = text[:lo]
+    space = cut.rfind(" ")
+    if space > lo * 0.8:
+        cut = cut[:space]
+    return cut.rstrip() + " …"
+
+
+def format_passage(n: int, passage: Passage) -> str:
+    return f"[{n}] {passage.title}\n{passage.text}"
+
+
+def system_text(system_prompt: str, passage_blocks: Sequence[str]) -> str:
+    if not passage_blocks:
+        return system_prompt
+    return system_prompt + "\n\n" + SOURCES_HEADER + "\n" + "\n\n".join(passage_blocks)
+
+
+def build_messages(
+    system_prompt: str,
+    question: str,
+    passages: Sequence[Passage] = (),
+    history: Sequence[Turn] = (),
+    *,
+    budget: int = 700,
+    count: TokenCounter = approx_tokens,
+    question_share: float = 0.5,
+) -> BuiltPrompt:
+    """Fit everything into `budget` tokens.
+
+    Priority: system prompt, then the question (cut to `question_share` of the budget), then
+    passages in rank order (the last ones are cut or dropped), then history (newest first).
+    """
+    overhead = 8  # chat-template tokens per message
+    used = count(system_prompt) + overhead
+    question = _cut(question, max(16, int(budget * question_share)), count)
+    used += count(question) + overhead
+
+    # Passages get what is left after reserving a little for the most recent history turn.
+    history = list(history)
+    reserve = min(120, sum(count(t.text) + overhead for t in history[-2:])) if history else 0
+    room = budget - used - reserve
+    shown: list[Passage] = []
+    blocks: list[str] = []
+    for p in passages:
+        header = count(f"[{len(shown) + 1}] {p.title}\n") + 2
+        if room - header < MIN_PASSAGE_TOKENS:
+            break
+        text = _cut(p.text, room - header, count)
+        block = format_passage(len(shown) + 1, Passage(p.chunk_id, p.title, text, p.score, p.doc_id, p.metadata))
+        cost = count(block) + 2
+        if cost > room:
+            break
+        shown.append(p)
+        blocks.append(block)
+        room -= cost
+    used = budget - room - reserve
+
+    kept: list[Turn] = []
+    left = budget - used
+    for turn in reversed(history):
+        cost = count(turn.text) + overhead
+        if cost > left:
+            break
+        kept.append(turn)
+        left -= cost
+    kept.reverse()
+
+    messages = [{"role": "system", "content": system_text(system_prompt, blocks)}]
+    messages += [{"role": t.role, "content": t.text} for t in kept]
+    messages.append({"role": "user", "content": question})
+    total = budget - left
+    return BuiltPrompt(messages, shown, total, dropped_turns=len(history) - len(kept))
