@@ -63,7 +63,7 @@ class Settings:
     max_tokens: int = 200
     temperature: float = 0.0
     seed: int = 0
-    prompt_budget: int = 700  # tokens for system + passages + history + question
+    prompt_budget: int = 512  # tokens for system + passages + history + question (time to first token grows with it)
     llm_backend: str = "embedded"
     llm_base_url: str | None = None
 

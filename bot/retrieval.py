@@ -1,0 +1,353 @@
+"""Per-domain FAISS indexes: chunking, building with a manifest, verified loading, hybrid search.
+
+Index files are `index.faiss` (faiss's own format) and `chunks.jsonl` (plain JSON): nothing is ever
+unpickled. `manifest.json` records the docs hash, the embedding model, the chunking and a sha256 of each
+file; a file whose hash does not match is never loaded, and the index is rebuilt instead.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+from tqdm import tqdm
+
+from bot.config import Settings
+from bot.domains import Domain
+from bot.embeddings import Embedder, get_embedder
+from bot.errors import IndexError_
+from bot.keyword_index import BM25
+from bot.prompt import Passage
+
+log = logging.getLogger(__name__)
+
+INDEX_FORMAT = 2
+RRF_K = 60
+
+
+@dataclass(frozen=True)
+class Doc:
+    id: str
+    title: str
+    text: str
+    metadata: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- documents
+
+
+def _docs_files(docs_dir: Path) -> list[Path]:
+    if not docs_dir.is_dir():
+        return []
+    return sorted(p for p in docs_dir.rglob("*") if p.is_file() and p.suffix in (".jsonl", ".md", ".txt"))
+
+
+def docs_hash(docs_dir: Path) -> str:
+    h = hashlib.sha256()
+    for path in _docs_files(docs_dir):
+        h.update(str(path.relative_to(docs_dir)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _jsonl_docs(path: Path) -> Iterator[Doc]:
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            doc_id, text = str(row["id"]), str(row["text"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IndexError_(f"{path}:{n}: each docs row needs JSON with `id` and `text` ({exc})") from exc
+        meta = {k: v for k, v in row.items() if k not in ("id", "title", "text") and isinstance(v, str | int | float)}
+        yield Doc(doc_id, str(row.get("title") or doc_id), text, meta)
+
+
+def _text_doc(path: Path, docs_dir: Path) -> Doc:
+    text = path.read_text(encoding="utf-8", errors="replace")
+    first = text.lstrip().splitlines()[0] if text.strip() else path.stem
+    title = first.lstrip("# ").strip() if first.startswith("#") else path.stem.replace("-", " ").replace("_", " ")
+    return Doc(str(path.relative_to(docs_dir)), title, text, {"file": path.name})
+
+
+def load_docs(domain: Domain) -> list[Doc]:
+    """Every document of a domain: rows of `docs/*.jsonl`, and one doc per `docs/*.md|txt` file."""
+    docs: list[Doc] = []
+    for path in _docs_files(domain.docs_dir):
+        if path.suffix == ".jsonl":
+            docs.extend(_jsonl_docs(path))
+        else:
+            docs.append(_text_doc(path, domain.docs_dir))
+    return docs
+
+
+def chunk_doc(doc: Doc, tokenizer, size: int, overlap: int) -> list[Passage]:
+    """Split on embedding-model tokens so each chunk fits the encoder; keep the original text spans."""
+    enc = tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    offsets = enc["offset_mapping"]
+    if len(offsets) <= size:
+        return [Passage(f"{doc.id}#0", doc.title, doc.text.strip(), 0.0, doc.id, doc.metadata)]
+    chunks, start, n = [], 0, 0
+    step = max(1, size - overlap)
+    while start < len(offsets):
+        end = min(start + size, len(offsets))
+        text = doc.text[offsets[start][0] : offsets[end - 1][1]].strip()
+        chunks.append(Passage(f"{doc.id}#{n}", doc.title, text, 0.0, doc.id, doc.metadata))
+        n += 1
+        if end == len(offsets):
+            break
+        start += step
+    return chunks
+
+
+# ---------------------------------------------------------------- the index on disk
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class LoadedIndex:
+    domain: str
+    chunks: list[Passage]
+    vectors: faiss.Index
+    keywords: BM25
+    manifest: dict
+    store: object = None  # langchain FAISS vector store over the same index
+
+    def dense(self, qvec: np.ndarray, k: int) -> list[tuple[int, float]]:
+        scores, ids = self.vectors.search(qvec.reshape(1, -1).astype(np.float32), k)
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+
+
+def _make_faiss(vectors: np.ndarray, hnsw_above: int) -> faiss.Index:
+    dim = vectors.shape[1]
+    if len(vectors) > hnsw_above:
+        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 80
+        index.hnsw.efSearch = 64
+    else:
+        index = faiss.IndexFlatIP(dim)
+    index.add(vectors)
+    return index
+
+
+def _as_langchain(loaded: LoadedIndex, embedder: Embedder):
+    """Expose the index as a langchain-community FAISS vector store (for chains and tools that want one)."""
+    from langchain_community.docstore.in_memory import InMemoryDocstore
+    from langchain_community.vectorstores import FAISS
+    from langchain_community.vectorstores.utils import DistanceStrategy
+    from langchain_core.documents import Document
+    from langchain_core.embeddings import Embeddings
+
+    class _Emb(Embeddings):
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            return embedder.encode(texts).tolist()
+
+        def embed_query(self, text: str) -> list[float]:
+            return embedder.encode_one(text).tolist()
+
+    docs = {
+        c.chunk_id: Document(page_content=c.text, metadata={"title": c.title, "doc_id": c.doc_id, **c.metadata})
+        for c in loaded.chunks
+    }
+    return FAISS(
+        embedding_function=_Emb(),
+        index=loaded.vectors,
+        docstore=InMemoryDocstore(docs),
+        index_to_docstore_id={i: c.chunk_id for i, c in enumerate(loaded.chunks)},
+        distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT,
+    )
+
+
+class Retriever:
+    def __init__(self, settings: Settings, embedder: Embedder | None = None):
+        self.settings = settings
+        self._embedder = embedder
+        self._loaded: dict[str, LoadedIndex] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            path = str(self.settings.embed_model_path) if self.settings.embed_model_path else None
+            self._embedder = get_embedder(path)
+        return self._embedder
+
+    def index_dir(self, domain: Domain) -> Path:
+        return self.settings.indexes_dir / domain.name
+
+    # -------- state
+
+    def _expected(self, domain: Domain) -> dict:
+        return {
+            "format": INDEX_FORMAT,
+            "docs_hash": docs_hash(domain.docs_dir),
+            "embedding_model": self.embedder.name,
+            "embedding_fingerprint": self.embedder.fingerprint(),
+            "chunk_tokens": self.settings.chunk_tokens,
+            "chunk_overlap": self.settings.chunk_overlap,
+        }
+
+    def status(self, domain: Domain) -> str:
+        """'ready', 'missing', 'stale' or 'corrupt'."""
+        manifest_path = self.index_dir(domain) / "manifest.json"
+        if not manifest_path.exists():
+            return "missing"
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except ValueError:
+            return "corrupt"
+        expected = self._expected(domain)
+        if any(manifest.get(k) != v for k, v in expected.items()):
+            return "stale"
+        for name, digest in manifest.get("files", {}).items():
+            path = self.index_dir(domain) / name
+            if not path.exists() or _sha256(path) != digest:
+                return "corrupt"
+        return "ready"
+
+    # -------- build
+
+    @contextmanager
+    def _build_lock(self, domain: Domain) -> Iterator[None]:
+        self.settings.indexes_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.settings.indexes_dir / f".{domain.name}.lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)  # several processes may start at once; one builds
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def build(self, domain: Domain, progress: bool = True) -> dict:
+        docs = load_docs(domain)
+        if not docs:
+            raise IndexError_(f"{domain.name}: no documents in {domain.docs_dir} (add .jsonl, .md or .txt files)")
+        tok = self.embedder.tokenizer
+        size = min(self.settings.chunk_tokens, self.embedder.max_seq_length - 16)
+        chunks: list[Passage] = []
+        for doc in tqdm(docs, desc=f"chunk {domain.name}", unit="doc", disable=not progress, leave=False):
+            chunks.extend(chunk_doc(doc, tok, size, self.settings.chunk_overlap))
+        vectors = []
+        batch = 256
+        with tqdm(total=len(chunks), desc=f"embed {domain.name}", unit="chunk", disable=not progress) as bar:
+            for i in range(0, len(chunks), batch):
+                part = chunks[i : i + batch]
+                vectors.append(self.embedder.encode([f"{c.title}\n{c.text}" for c in part]))
+                bar.update(len(part))
+        matrix = np.vstack(vectors)
+        index = _make_faiss(matrix, self.settings.hnsw_above)
+
+        target = self.index_dir(domain)
+        tmp = target.with_name(f".{domain.name}.building")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        faiss.write_index(index, str(tmp / "index.faiss"))
+        with (tmp / "chunks.jsonl").open("w", encoding="utf-8") as f:
+            for c in chunks:
+                row = {"chunk_id": c.chunk_id, "doc_id": c.doc_id, "title": c.title, "text": c.text, "meta": c.metadata}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        manifest = {
+            **self._expected(domain),
+            "domain": domain.name,
+            "n_docs": len(docs),
+            "n_chunks": len(chunks),
+            "index_type": type(index).__name__,
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "files": {name: _sha256(tmp / name) for name in ("index.faiss", "chunks.jsonl")},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        old = target.with_name(f".{domain.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            target.rename(old)
+        tmp.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+        self._loaded.pop(domain.name, None)
+        return manifest
+
+    def ensure_index(self, domain: Domain, progress: bool = False, force: bool = False) -> str:
+        """Build the index if it is missing, stale or corrupt. Returns what was done."""
+        state = self.status(domain)
+        if state == "ready" and not force:
+            return "up to date"
+        with self._build_lock(domain):
+            state = self.status(domain)  # another process may have built it meanwhile
+            if state == "ready" and not force:
+                return "up to date"
+            if state == "corrupt":
+                log.warning("index for %s is corrupt; rebuilding it", domain.name)
+            self.build(domain, progress=progress)
+        return f"built ({state})" if not force else "rebuilt"
+
+    # -------- load and search
+
+    def load(self, domain: Domain) -> LoadedIndex:
+        with self._lock:
+            cached = self._loaded.get(domain.name)
+            if cached is not None:
+                return cached
+            self.ensure_index(domain)
+            folder = self.index_dir(domain)
+            manifest = json.loads((folder / "manifest.json").read_text())
+            for name, digest in manifest["files"].items():  # vouch for every file before reading it
+                if _sha256(folder / name) != digest:
+                    raise IndexError_(f"{domain.name}: {name} does not match its manifest; run `domainbot index {domain.name} --force`")
+            try:
+                vectors = faiss.read_index(str(folder / "index.faiss"))
+            except RuntimeError as exc:
+                raise IndexError_(f"{domain.name}: cannot read index.faiss ({exc}); run `domainbot index {domain.name} --force`") from exc
+            chunks = []
+            with (folder / "chunks.jsonl").open(encoding="utf-8") as f:
+                for line in f:
+                    r = json.loads(line)
+                    chunks.append(Passage(r["chunk_id"], r["title"], r["text"], 0.0, r["doc_id"], r.get("meta", {})))
+            keywords = BM25([f"{c.title} {c.metadata.get('contract_file', '')} {c.text}" for c in chunks])
+            loaded = LoadedIndex(domain.name, chunks, vectors, keywords, manifest)
+            loaded.store = _as_langchain(loaded, self.embedder)
+            self._loaded[domain.name] = loaded
+            return loaded
+
+    def search(self, domain: Domain, query: str, k: int | None = None, min_score: float | None = None) -> list[Passage]:
+        """Hybrid search: dense (MiniLM + FAISS) fused with BM25 by reciprocal rank."""
+        k = k or domain.top_k
+        floor = domain.min_score if min_score is None else min_score
+        loaded = self.load(domain)
+        qvec = self.embedder.encode_one(query)
+        pool = max(4 * k, 20)
+        dense = loaded.dense(qvec, pool)
+        lexical = loaded.keywords.search(query, pool)
+        fused: dict[int, float] = {}
+        cosine = dict(dense)
+        for rank, (i, _) in enumerate(dense):
+            fused[i] = fused.get(i, 0.0) + 1.0 / (RRF_K + rank)
+        for rank, (i, _) in enumerate(lexical):
+            fused[i] = fused.get(i, 0.0) + 1.0 / (RRF_K + rank)
+        ranked = sorted(fused, key=lambda i: -fused[i])
+        out: list[Passage] = []
+        for i in ranked:
+            if i not in cosine:
+                cosine[i] = float(np.dot(qvec, loaded.vectors.reconstruct(i)))
+            if cosine[i] < floor and i not in dict(lexical[:k]):
+                continue
+            c = loaded.chunks[i]
+            out.append(Passage(c.chunk_id, c.title, c.text, round(cosine[i], 4), c.doc_id, c.metadata))
+            if len(out) == k:
+                break
+        return out

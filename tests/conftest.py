@@ -1,0 +1,86 @@
+"""Shared fixtures: real domains, real FAISS indexes (built once), the real tiny model.
+
+Integration tests use the real parts; only Slack and the hub are faked (see bot/testing).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+for var in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN", "DOMAINBOT_MODEL", "DOMAINBOT_DOMAINS"):
+    os.environ.pop(var, None)
+
+from bot.config import ROOT, Settings  # noqa: E402
+
+TEST_MAX_TOKENS = 24
+
+
+@pytest.fixture(scope="session")
+def base_settings(tmp_path_factory) -> Settings:
+    """Real domains and the repo's indexes/ (built on first use, reused by later runs)."""
+    var = tmp_path_factory.mktemp("var")
+    return Settings(
+        domains_dir=ROOT / "domains",
+        indexes_dir=ROOT / "indexes",
+        db_path=var / "session.db",
+        max_tokens=TEST_MAX_TOKENS,
+        stream_interval_s=0.05,
+        rate_limit_per_minute=1000,
+    )
+
+
+@pytest.fixture(scope="session")
+def built_indexes(base_settings) -> Path:
+    from bot.domains import discover
+    from bot.retrieval import Retriever
+
+    retriever = Retriever(base_settings)
+    for domain in discover(base_settings.domains_dir).domains.values():
+        retriever.ensure_index(domain, progress=False)
+    return base_settings.indexes_dir
+
+
+@pytest.fixture
+def settings(base_settings, built_indexes, tmp_path) -> Settings:
+    """Per-test settings: a fresh SQLite file, the shared built indexes."""
+    return base_settings.with_(db_path=tmp_path / "domainbot.db")
+
+
+@pytest.fixture(scope="session")
+def embedder(base_settings):
+    from bot.embeddings import get_embedder
+
+    return get_embedder(None)
+
+
+@pytest.fixture(scope="session")
+def runtime(base_settings):
+    from bot.llm import Runtime
+
+    rt = Runtime(base_settings)
+    yield rt
+    rt.close()
+
+
+@pytest.fixture(scope="session")
+def answerer(base_settings, built_indexes, runtime, embedder):
+    """The real answering path: real model, real FAISS, the shipped adapters."""
+    from bot.answer import Answerer
+    from bot.domains import discover
+    from bot.retrieval import Retriever
+
+    return Answerer(base_settings, discover(base_settings.domains_dir), Retriever(base_settings, embedder), runtime)
+
+
+@pytest.fixture
+def domains_copy(tmp_path) -> Path:
+    """A writable copy of domains/ for tests that change adapters or manifests."""
+    dst = tmp_path / "domains"
+    shutil.copytree(ROOT / "domains", dst, ignore=shutil.ignore_patterns("checkpoints", "runs"))
+    return dst
