@@ -90,3 +90,88 @@ def pointer_stamp(adapters_dir: Path) -> tuple[str, float]:
         return pointer.read_text().strip(), pointer.stat().st_mtime
     except OSError:
         return "", 0.0
+
+
+# ---- promotion history (promote / rollback) -------------------------------------------------------------
+HISTORY_FILE = "history.jsonl"  # one JSON line per pointer change: {time, action, from, to}
+LOCK_FILE = ".pointer.lock"
+
+
+class AdapterError(ValueError):
+    """A promote/rollback that cannot be done; the message says why."""
+
+
+def history(adapters_dir: Path) -> list[dict]:
+    path = adapters_dir / HISTORY_FILE
+    if not path.is_file():
+        return []
+    entries = []
+    for line in path.read_text().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            continue  # a torn last line after a crash is skipped, never fatal
+    return entries
+
+
+def _pointer_name(adapters_dir: Path) -> str:
+    try:
+        return (adapters_dir / POINTER).read_text().strip() or "base"
+    except OSError:
+        return "base"
+
+
+def _append_history(adapters_dir: Path, entry: dict) -> None:
+    with (adapters_dir / HISTORY_FILE).open("a") as f:
+        f.write(json.dumps(entry) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _switch(adapters_dir: Path, target: str, action: str) -> str:
+    import fcntl
+    import time
+
+    adapters_dir.mkdir(parents=True, exist_ok=True)
+    with (adapters_dir / LOCK_FILE).open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one pointer change at a time (CLI, retrain worker)
+        before = _pointer_name(adapters_dir)
+        if action == "rollback":
+            target = _previous(adapters_dir, before)
+        set_current(adapters_dir, target)
+        _append_history(adapters_dir, {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "action": action,
+                                       "from": before, "to": target})
+    return target
+
+
+def _previous(adapters_dir: Path, live: str) -> str:
+    """The version that was live before `live` (following earlier rollbacks), else 'base'."""
+    stack: list[str] = []
+    for entry in history(adapters_dir):
+        if entry.get("action") == "rollback":
+            if stack:
+                stack.pop()
+        else:
+            stack.append(entry.get("from", "base"))
+    while stack:
+        candidate = stack.pop()
+        if candidate != live and (candidate == "base" or (adapters_dir / candidate / ADAPTER_FILE).is_file()):
+            return candidate
+    if live == "base":
+        raise AdapterError(f"nothing to roll back in {adapters_dir}: the domain already runs on the base model")
+    return "base"
+
+
+def promote(adapters_dir: Path, version: str) -> str:
+    """Make `version` (or "base") live, atomically, and record it so `rollback` can undo it."""
+    if version != "base" and not VERSION_RE.match(version):
+        raise AdapterError(f"{version!r} is not a version name (v1, v2, ...) or 'base'")
+    if version != "base" and not (adapters_dir / version / ADAPTER_FILE).is_file():
+        known = ", ".join(v.version for v in versions(adapters_dir)) or "none"
+        raise AdapterError(f"no adapter {version} in {adapters_dir} (versions: {known})")
+    return _switch(adapters_dir, version, "promote")
+
+
+def rollback(adapters_dir: Path) -> str:
+    """Point `current` back at the version that was live before the last promotion; returns it."""
+    return _switch(adapters_dir, "", "rollback")

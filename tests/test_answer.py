@@ -1,0 +1,98 @@
+import pytest
+
+from bot import adapters
+from bot.answer import Answerer, citations_for, render_text
+from bot.domains import discover
+from bot.errors import InputError, UserFacingError
+from bot.prompt import Passage, Turn
+from bot.retrieval import Retriever
+from tests.lora_files import write_lora
+
+
+def test_domain_question_gets_cited_answer(answerer):
+    streamed = []
+    ans = answerer.answer("What are the early symptoms of type 2 diabetes?", on_token=streamed.append)
+    assert ans.kind == "answer" and ans.domain == "medical" and ans.route.method == "router"
+    assert ans.citations and ans.citations[0].n == 1 and ans.citations[0].title
+    assert all(c.chunk_id.startswith(c.doc_id) for c in ans.citations)
+    assert ans.disclaimer and ans.text and "".join(streamed).strip() == ans.text
+    assert ans.tokens["completion"] <= answerer.settings.max_tokens
+    assert {"retrieval_s", "first_token_s", "total_s"} <= set(ans.timings)
+    assert ans.adapter == (adapters.current(answerer.domain("medical").adapters_dir) or
+                           adapters.AdapterVersion("base", answerer.domain("medical").path)).version
+
+
+def test_explicit_domain_and_prefix(answerer):
+    assert answerer.answer("legal: does it renew automatically?").route.method == "explicit"
+    ans = answerer.answer("does it renew automatically?", domain="legal")
+    assert ans.domain == "legal" and ans.route.method == "explicit"
+
+
+def test_unknown_domain_is_a_clear_error(answerer):
+    with pytest.raises(UserFacingError, match="unknown domain 'astrology'.*finance"):
+        answerer.answer("what is my sign?", domain="astrology")
+
+
+def test_abstention_lists_domains(answerer):
+    ans = answerer.answer("book the meeting room for 3pm")
+    assert ans.kind == "abstain" and ans.domain is None
+    assert "finance" in ans.text and "legal:" not in ans.text.split("\n")[0]
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 20_001, "a\x00b"])
+def test_bad_input(answerer, bad):
+    with pytest.raises(InputError):
+        answerer.answer(bad)
+
+
+def test_policy_short_circuits_before_the_model(answerer):
+    ans = answerer.answer("medical: I have chest pain and can't breathe")
+    assert ans.kind == "redirect" and "emergency" in ans.text.lower()
+    assert not ans.tokens
+
+
+def test_channel_not_allowed(base_settings, built_indexes, runtime, embedder, domains_copy):
+    toml = domains_copy / "legal" / "domain.toml"
+    toml.write_text(toml.read_text().replace('channels = ["*"]', 'channels = ["#legal-help"]'))
+    a = Answerer(base_settings, discover(domains_copy), Retriever(base_settings, embedder), runtime)
+    ans = a.answer("legal: is there a non-compete?", channel="C42", channel_name="random")
+    assert ans.kind == "not_allowed" and "#legal-help" in ans.text
+
+
+def test_history_and_given_passages_are_used(answerer):
+    p = [Passage("x#0", "Zorblax policy", "The Zorblax fee is 42 dollars.", 1.0, "x")]
+    ans = answerer.answer("How much is the Zorblax fee?", domain="finance", passages=p,
+                          history=[Turn("user", "hi"), Turn("assistant", "hello")], adapter="base")
+    assert [c.chunk_id for c in ans.citations] == ["x#0"] and ans.adapter == "base"
+
+
+def test_citations_mark_referenced_passages():
+    ps = [Passage("a#0", "A", "t"), Passage("b#0", "B", "t")]
+    cites = citations_for("See [2].", ps)
+    assert [c.cited for c in cites] == [False, True]
+
+
+def test_render_text_has_sources_and_disclaimer(answerer):
+    ans = answerer.answer("How is asthma treated?", max_tokens=8)
+    out = render_text(ans)
+    assert "Sources:" in out and "[1]" in out and ans.disclaimer in out and "medical" in out
+
+
+def test_adapter_hot_reload_and_mismatch_falls_back_to_base(base_settings, built_indexes, runtime, embedder,
+                                                             domains_copy):
+    a = Answerer(base_settings, discover(domains_copy), Retriever(base_settings, embedder), runtime)
+    adir = domains_copy / "finance" / "adapters"
+    (adir / "v90").mkdir(parents=True)
+    write_lora(adir / "v90" / "adapter.gguf", scale=0.0)
+    adapters.set_current(adir, "v90")
+    q = "finance: what was total revenue?"
+    assert a.answer(q, max_tokens=4).adapter == "v90"
+    (adir / "v91").mkdir()
+    write_lora(adir / "v91" / "adapter.gguf", in_dim=100)  # does not fit the base
+    adapters.set_current(adir, "v91")
+    ans = a.answer(q, max_tokens=4)
+    assert ans.adapter == "base" and any("v91 was refused" in n for n in ans.notes)
+    adapters.set_current(adir, "base")
+    assert a.answer(q, max_tokens=4).adapter == "base"
+    with pytest.raises(UserFacingError, match="no adapter 'v7'"):
+        a.answer(q, adapter="v7")
