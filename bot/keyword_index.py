@@ -1,14 +1,17 @@
-"""A small in-memory BM25 index: the lexical half of hybrid retrieval.
+"""A small BM25 index: the lexical half of hybrid retrieval.
 
 Dense MiniLM vectors can't tell 35 near-identical contract clauses apart, but the contract or company
-name in a question can. BM25 over title + text catches those names.
+name in a question can. BM25 over title + text catches those names. The per-(term, chunk) weights are
+precomputed into a sparse matrix, so a query is a few column sums: ~1 ms at 100k chunks.
 """
 
 from __future__ import annotations
 
-import math
 import re
-from collections import Counter, defaultdict
+from collections import Counter
+
+import numpy as np
+from scipy import sparse
 
 TOKEN_RE = re.compile(r"[a-z0-9]+")
 STOPWORDS = frozenset(
@@ -23,26 +26,39 @@ def terms(text: str) -> list[str]:
 
 class BM25:
     def __init__(self, texts: list[str], k1: float = 1.2, b: float = 0.75):
-        self.k1, self.b = k1, b
-        self.postings: dict[str, list[tuple[int, int]]] = defaultdict(list)
-        self.lengths: list[int] = []
+        self.vocab: dict[str, int] = {}
+        rows, cols, tfs, lengths = [], [], [], []
         for i, text in enumerate(texts):
             counts = Counter(terms(text))
-            self.lengths.append(sum(counts.values()))
+            lengths.append(sum(counts.values()))
             for term, tf in counts.items():
-                self.postings[term].append((i, tf))
+                rows.append(i)
+                cols.append(self.vocab.setdefault(term, len(self.vocab)))
+                tfs.append(tf)
         self.n = len(texts)
-        self.avg_len = (sum(self.lengths) / self.n) if self.n else 0.0
-
-    def idf(self, term: str) -> float:
-        df = len(self.postings.get(term, ()))
-        return math.log(1 + (self.n - df + 0.5) / (df + 0.5))
+        n_terms = max(1, len(self.vocab))
+        if not rows:
+            self.weights = sparse.csc_matrix((max(self.n, 1), n_terms), dtype=np.float32)
+            return
+        tf = np.asarray(tfs, dtype=np.float32)
+        length = np.asarray(lengths, dtype=np.float32)
+        avg = float(length.mean()) or 1.0
+        df = np.bincount(cols, minlength=n_terms).astype(np.float32)
+        idf = np.log1p((self.n - df + 0.5) / (df + 0.5))
+        row_idx = np.asarray(rows)
+        col_idx = np.asarray(cols)
+        norm = tf + k1 * (1 - b + b * length[row_idx] / avg)
+        values = idf[col_idx] * tf * (k1 + 1) / norm
+        self.weights = sparse.csc_matrix((values, (row_idx, col_idx)), shape=(self.n, n_terms), dtype=np.float32)
 
     def search(self, query: str, k: int = 20) -> list[tuple[int, float]]:
-        scores: dict[int, float] = defaultdict(float)
-        for term in set(terms(query)):
-            idf = self.idf(term)
-            for i, tf in self.postings.get(term, ()):
-                norm = tf + self.k1 * (1 - self.b + self.b * self.lengths[i] / (self.avg_len or 1))
-                scores[i] += idf * tf * (self.k1 + 1) / norm
-        return sorted(scores.items(), key=lambda kv: -kv[1])[:k]
+        ids = [self.vocab[t] for t in set(terms(query)) if t in self.vocab]
+        if not ids or self.n == 0:
+            return []
+        scores = np.asarray(self.weights[:, ids].sum(axis=1)).ravel()
+        k = min(k, int(np.count_nonzero(scores)))
+        if k == 0:
+            return []
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top])]
+        return [(int(i), float(scores[i])) for i in top]

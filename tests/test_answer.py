@@ -6,7 +6,7 @@ from bot.domains import discover
 from bot.errors import InputError, UserFacingError
 from bot.prompt import Passage, Turn
 from bot.retrieval import Retriever
-from tests.lora_files import write_lora
+from bot.testing_lora import write_lora
 
 
 def test_domain_question_gets_cited_answer(answerer):

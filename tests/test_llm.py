@@ -5,7 +5,7 @@ import pytest
 from bot import llama_lora
 from bot.errors import ModelNotFound
 from bot.llm import AdapterMismatch, Runtime, embedded_model_path, resolve_model_path
-from tests.lora_files import write_lora
+from bot.testing_lora import write_lora
 
 MSG = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a colour."}]
 

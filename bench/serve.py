@@ -1,0 +1,258 @@
+"""Serving benchmark: prints ratios measured in one run (no timing asserts anywhere in tests).
+
+    python bench/serve.py            # or: domainbot bench serve
+    python bench/serve.py --quick    # fewer repetitions
+
+Measures, on the same prompt and machine:
+  1. decode tok/s through `Answerer.answer` vs raw llama-cpp-python
+  2. time to first token for typical domain questions at the default prompt budget (p50, p90)
+  3. adapter switch time (set adapters + reset), and adapter load time
+  4. RSS of 1 base + 3 adapters vs 3 separate `Llama(lora_path=...)` instances (separate processes)
+  5. retrieval p50 at ~100k chunks (HNSW above the configured size), search only and with query embedding
+Results go to bench/results/serve.json as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from bot import adapters as adapter_store  # noqa: E402
+from bot import llama_lora  # noqa: E402
+from bot.answer import Answerer, warm_up  # noqa: E402
+from bot.config import load_settings  # noqa: E402
+from bot.testing_lora import write_lora  # noqa: E402
+
+TYPICAL = [
+    "What are the early symptoms of type 2 diabetes?",
+    "How is high blood pressure treated?",
+    "What causes migraines?",
+    "Is cystic fibrosis inherited?",
+    "What was the company's total revenue in 2019?",
+    "How much did operating expenses change from 2018 to 2019?",
+    "What was the effective tax rate?",
+    "Does the agreement renew automatically?",
+    "What is the governing law of the distribution agreement?",
+    "Can either party terminate the agreement for convenience?",
+    "How is asthma diagnosed?",
+    "What are the treatments for Parkinson's disease?",
+]
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def decode_rate(stamps: list[float]) -> float:
+    """Tokens per second after the first token (prompt processing excluded)."""
+    if len(stamps) < 3:
+        return float("nan")
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
+def bench_decode(answerer: Answerer, n_tokens: int) -> dict:
+    import llama_cpp
+
+    question = "Explain in detail how type 2 diabetes is treated, step by step."
+    stamps: list[float] = []
+    ans = answerer.answer(question, domain="medical", adapter="base", max_tokens=n_tokens,
+                          on_token=lambda _: stamps.append(time.perf_counter()))
+    ours = decode_rate(stamps)
+    from bot.prompt import build_messages
+
+    built = build_messages(answerer.domain("medical").system_prompt, question, ans.passages,
+                           budget=answerer.settings.prompt_budget, count=answerer.runtime.count_tokens)
+    raw = llama_cpp.Llama(model_path=str(answerer.runtime.model_path), n_ctx=answerer.settings.n_ctx,
+                          n_threads=answerer.settings.n_threads or None, seed=0, verbose=False)
+    raw_stamps: list[float] = []
+    for chunk in raw.create_chat_completion(messages=built.messages, max_tokens=n_tokens, temperature=0.0,
+                                            stream=True):
+        if chunk["choices"][0].get("delta", {}).get("content"):
+            raw_stamps.append(time.perf_counter())
+    raw.close()
+    rate_raw = decode_rate(raw_stamps)
+    return {"decode_tok_s_ask": ours, "decode_tok_s_raw": rate_raw, "ratio": ours / rate_raw,
+            "tokens": len(stamps), "prompt_tokens": ans.tokens.get("prompt", 0)}
+
+
+def bench_ttft(answerer: Answerer, questions: list[str]) -> dict:
+    ttft, prompt_tokens = [], []
+    for q in questions:
+        ans = answerer.answer(q, max_tokens=4)
+        if ans.kind == "answer":
+            ttft.append(ans.timings["first_token_s"])
+            prompt_tokens.append(ans.tokens["prompt"])
+    return {"p50_s": pct(ttft, 50), "p90_s": pct(ttft, 90), "n": len(ttft),
+            "prompt_tokens_p50": pct(prompt_tokens, 50), "budget": answerer.settings.prompt_budget}
+
+
+def _three_adapters(tmp: Path, domains) -> list[Path]:
+    paths = []
+    for d in domains:
+        cur = adapter_store.current(d.adapters_dir)
+        paths.append(cur.gguf if cur else write_lora(tmp / f"{d.name}.gguf", rank=8, scale=0.01, seed=len(paths)))
+    while len(paths) < 3:
+        paths.append(write_lora(tmp / f"extra{len(paths)}.gguf", rank=8, scale=0.01, seed=len(paths)))
+    return paths[:3]
+
+
+def bench_switch(answerer: Answerer, paths: list[Path], reps: int) -> dict:
+    rt = answerer.runtime
+    t0 = time.perf_counter()
+    for i, p in enumerate(paths):
+        rt.ensure_adapter(f"bench:{i}", p)
+    load_ms = (time.perf_counter() - t0) * 1000 / len(paths)
+
+    def switch_all() -> list[float]:
+        times = []
+        for i in range(reps):
+            t = time.perf_counter()
+            llama_lora.apply(rt.llm, rt._adapters[f"bench:{i % len(paths)}"])
+            times.append((time.perf_counter() - t) * 1000)
+        llama_lora.apply(rt.llm, None)
+        rt._active = None
+        return times
+
+    times = rt._call(switch_all)  # on the worker thread, which owns the context
+    return {"switch_ms_p50": pct(times, 50), "switch_ms_max": max(times), "load_ms_mean": load_ms}
+
+
+RSS_SCRIPT = r"""
+import sys, json
+sys.path.insert(0, {root!r})
+mode, model, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
+import llama_cpp
+msgs = [{{"role": "user", "content": "Hello, who are you?"}}]
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+if mode == "shared":
+    from bot.config import Settings
+    from bot.llm import Runtime
+    from pathlib import Path
+    rt = Runtime(Settings(model_path=Path(model)))
+    for i, p in enumerate(paths):
+        rt.ensure_adapter(f"a{{i}}", Path(p))
+        rt.generate(msgs, adapter=f"a{{i}}", max_tokens=4)
+else:
+    llms = []
+    for p in paths:
+        llm = llama_cpp.Llama(model_path=model, lora_path=p, n_ctx=2048, verbose=False)
+        llm.create_chat_completion(messages=msgs, max_tokens=4)
+        llms.append(llm)
+print(json.dumps({{"rss_mb": rss()}}))
+"""
+
+
+def bench_rss(model: Path, paths: list[Path]) -> dict:
+    script = RSS_SCRIPT.format(root=str(ROOT))
+    out = {}
+    for mode in ("shared", "separate"):
+        proc = subprocess.run([sys.executable, "-c", script, mode, str(model), *map(str, paths)],
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr[-2000:])
+        out[mode] = json.loads(proc.stdout.strip().splitlines()[-1])["rss_mb"]
+    return {"rss_mb_one_base_3_adapters": out["shared"], "rss_mb_3_instances": out["separate"],
+            "ratio": out["shared"] / out["separate"]}
+
+
+def bench_retrieval(answerer: Answerer, target: int, queries: int) -> dict:
+    """Replicate the real chunks (vectors + small noise) up to `target`, then time hybrid search."""
+    import faiss
+
+    from bot.keyword_index import BM25
+    from bot.retrieval import LoadedIndex, _make_faiss
+
+    real = [answerer.retriever.load(d) for d in answerer.discovery.domains.values()]
+    chunks = [c for r in real for c in r.chunks]
+    base = np.vstack([r.vectors.reconstruct_n(0, r.vectors.ntotal) for r in real])
+    reps = -(-target // len(chunks))
+    rng = np.random.default_rng(0)
+    vecs = np.vstack([base + rng.normal(0, 0.02, base.shape).astype(np.float32) for _ in range(reps)])[:target]
+    faiss.normalize_L2(vecs)
+    all_chunks = (chunks * reps)[:target]
+    t = time.perf_counter()
+    index = _make_faiss(vecs, answerer.settings.hnsw_above)
+    build_s = time.perf_counter() - t
+    keywords = BM25([f"{c.title} {c.text}" for c in all_chunks])
+    loaded = LoadedIndex("bench", all_chunks, index, keywords, {})
+    qs = [q for q in TYPICAL * (queries // len(TYPICAL) + 1)][:queries]
+    qvecs = answerer.retriever.embedder.encode(qs)
+    dense_ms, hybrid_ms, embed_ms = [], [], []
+    for q, v in zip(qs, qvecs, strict=True):
+        t = time.perf_counter()
+        answerer.retriever.embedder.encode_one(q)
+        embed_ms.append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter()
+        loaded.dense(v, 20)
+        dense_ms.append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter()
+        loaded.dense(v, 20)
+        keywords.search(q, 20)
+        hybrid_ms.append((time.perf_counter() - t) * 1000)
+    return {"chunks": target, "index_type": type(index).__name__, "build_s": build_s,
+            "dense_ms_p50": pct(dense_ms, 50), "hybrid_ms_p50": pct(hybrid_ms, 50),
+            "query_embed_ms_p50": pct(embed_ms, 50)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--chunks", type=int, default=100_000)
+    args = parser.parse_args()
+    settings = load_settings()
+    answerer = Answerer.from_settings(settings)
+    warm_up(answerer)
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = _three_adapters(Path(tmp), answerer.discovery.domains.values())
+        steps = [
+            ("decode", lambda: bench_decode(answerer, 64 if args.quick else 128)),
+            ("ttft", lambda: bench_ttft(answerer, TYPICAL[:6] if args.quick else TYPICAL)),
+            ("switch", lambda: bench_switch(answerer, paths, 30 if args.quick else 200)),
+            ("rss", lambda: bench_rss(answerer.runtime.model_path, paths)),
+            ("retrieval", lambda: bench_retrieval(answerer, args.chunks, 50 if args.quick else 200)),
+        ]
+        for name, fn in steps:
+            print(f"… {name}", file=sys.stderr, flush=True)
+            results[name] = fn()
+    answerer.close()
+
+    d, t, s, r, q = (results[k] for k in ("decode", "ttft", "switch", "rss", "retrieval"))
+    rows = [
+        ("decode tok/s through ask vs raw llama-cpp-python", f"{d['decode_tok_s_ask']:.1f} vs {d['decode_tok_s_raw']:.1f}",
+         f"{d['ratio']:.3f}x", ">= 0.95x"),
+        (f"time to first token, p50 (budget {t['budget']} tok, prompt p50 {t['prompt_tokens_p50']:.0f} tok)",
+         f"{t['p50_s']:.2f} s (p90 {t['p90_s']:.2f})", f"{t['p50_s'] / 0.8:.2f}x of target", "<= 0.8 s"),
+        ("adapter switch (set + reset), p50", f"{s['switch_ms_p50']:.3f} ms (load {s['load_ms_mean']:.1f} ms)",
+         f"{s['switch_ms_p50'] / 10:.4f}x of target", "<= 10 ms"),
+        ("RSS 1 base + 3 adapters vs 3 Llama instances", f"{r['rss_mb_one_base_3_adapters']:.0f} vs {r['rss_mb_3_instances']:.0f} MB",
+         f"{r['ratio']:.2f}x", "<= 0.5x"),
+        (f"retrieval p50 at {q['chunks']:,} chunks ({q['index_type']}), dense / hybrid",
+         f"{q['dense_ms_p50']:.2f} / {q['hybrid_ms_p50']:.2f} ms (+{q['query_embed_ms_p50']:.1f} ms embed)",
+         f"{q['hybrid_ms_p50'] / 10:.2f}x of target", "<= 10 ms"),
+    ]
+    print("\n| measure | measured | ratio | target |\n|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "serve.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
