@@ -178,6 +178,10 @@ def cmd_domains(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+    from bot.llm import gpu_offload_supported
+
+    gpu = "yes" if gpu_offload_supported() else "no (CPU build)"
+    print(f"llama.cpp GPU offload: {gpu}; n_gpu_layers={settings.n_gpu_layers}")
     print(f"{'domain':<12} {'docs':>6}  {'index':<10} {'adapter':<8} {'channels':<10} error")
     for r in rows:
         print(f"{r['domain']:<12} {r['docs']!s:>6}  {r['index']:<10} {r['adapter']:<8} {r['channels']:<10} {r['error']}")

@@ -32,6 +32,9 @@ class Embedder:
         if not self.path.exists():
             raise ModelNotFound(f"embedding model folder not found: {self.path}")
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a "Loading weights" bar on every start is noise in CLI output
 
         self._model = SentenceTransformer(str(self.path), device="cpu", local_files_only=True)
         self._lock = threading.Lock()
