@@ -122,8 +122,10 @@ def _pointer_name(adapters_dir: Path) -> str:
 
 
 def _append_history(adapters_dir: Path, entry: dict) -> None:
-    with (adapters_dir / HISTORY_FILE).open("a") as f:
-        f.write(json.dumps(entry) + "\n")
+    path = adapters_dir / HISTORY_FILE
+    torn = path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n")
+    with path.open("a") as f:
+        f.write(("\n" if torn else "") + json.dumps(entry) + "\n")
         f.flush()
         os.fsync(f.fileno())
 

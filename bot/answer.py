@@ -92,7 +92,9 @@ class Answerer:
         discovery = discover(settings.domains_dir, settings.domain_allowlist)
         for folder, reason in discovery.errors.items():
             log.error("domain %s not loaded: %s", folder, reason)
-        return cls(settings, discovery, Retriever(settings), Runtime(settings))
+        from bot.backends import make_runtime  # embedded llama.cpp or an OpenAI-compatible server
+
+        return cls(settings, discovery, Retriever(settings), make_runtime(settings))
 
     # -------- routing
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
+import os
 import queue
 import threading
 import time
@@ -107,7 +108,9 @@ class Runtime:
             self.llm = llama_cpp.Llama(
                 model_path=str(self.model_path),
                 n_ctx=settings.n_ctx,
-                n_threads=settings.n_threads or None,
+                # Both phases on the configured cores: llama-cpp-python's default decodes on half of them.
+                n_threads=settings.n_threads or os.cpu_count(),
+                n_threads_batch=settings.n_threads or os.cpu_count(),
                 n_gpu_layers=settings.n_gpu_layers,
                 seed=settings.seed,
                 verbose=False,

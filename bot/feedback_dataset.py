@@ -1,0 +1,214 @@
+"""Turn stored feedback into training data (pure rules over store rows; I/O only in `build`).
+
+Rules, per exchange of the domain (only kind == "answer": refusals and redirects come from policy, not the model):
+- an opt-out removes the exchange from every training set, whatever else it received;
+- a correction makes an SFT example with the corrected answer (the latest correction wins);
+- a net positive vote makes an SFT example with the bot's own answer;
+- a net non-positive vote with a 👎 and no correction is excluded and listed for the domain owner to review.
+
+Votes: each user counts once per exchange. A user's latest vote event wins ("+1" / "-1", from a reaction or a
+button), and "removed:+1" withdraws it. So a retried event, a repeated reaction or 👍 on both the reaction and
+the button never counts twice.
+
+An SFT example is exactly what the model saw: the domain's system prompt with the passages the answer cited
+(looked up by chunk id in the domain's index) and the question, formatted by `bot.prompt.build_messages`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from bot.prompt import Passage, TokenCounter, approx_tokens, build_messages
+from bot.router import explicit_prefix
+from training.dataset import Example
+
+VOTE_WORDS: dict[str, int] = {
+    "+1": 1,
+    "thumbsup": 1,
+    "up": 1,
+    "good": 1,
+    "-1": -1,
+    "thumbsdown": -1,
+    "down": -1,
+    "bad": -1,
+}
+REMOVED = "removed:"
+VOTE_KINDS = ("reaction", "button")
+
+
+def parse_vote(value: str) -> tuple[int, bool] | None:
+    """(+1 or -1, removed?) for a vote value, or None for a reaction that is not a vote (e.g. :eyes:)."""
+    removed = value.startswith(REMOVED)
+    word = value[len(REMOVED) :] if removed else value
+    word = word.strip(":").split("::")[0]  # "+1::skin-tone-2" is still a thumbs up
+    direction = VOTE_WORDS.get(word)
+    return None if direction is None else (direction, removed)
+
+
+@dataclass(frozen=True)
+class Tally:
+    net: int = 0  # sum over users of their standing vote
+    up: int = 0
+    down: int = 0
+
+
+def tally_votes(feedback: Iterable[Mapping]) -> dict[int, Tally]:
+    """Each user's standing vote per exchange, replayed in id order, summed per exchange."""
+    standing: dict[tuple[int, str | None], int] = {}
+    for row in sorted(feedback, key=lambda r: r["id"]):
+        if row["kind"] not in VOTE_KINDS:
+            continue
+        vote = parse_vote(row["value"])
+        if vote is None:
+            continue
+        key = (row["exchange_id"], row["user_hash"])
+        direction, removed = vote
+        if not removed:
+            standing[key] = direction
+        elif standing.get(key) == direction:
+            del standing[key]
+    out: dict[int, Tally] = {}
+    for (exchange_id, _), vote in standing.items():
+        t = out.get(exchange_id, Tally())
+        out[exchange_id] = Tally(t.net + vote, t.up + (vote > 0), t.down + (vote < 0))
+    return out
+
+
+@dataclass(frozen=True)
+class Judged:
+    exchange: Mapping
+    tally: Tally
+    correction: str | None = None
+    correction_id: int | None = None
+    opted_out: bool = False
+
+    @property
+    def status(self) -> str:
+        if self.opted_out:
+            return "opted_out"
+        if self.exchange.get("kind", "answer") != "answer":
+            return "not_an_answer"
+        if self.correction is not None:
+            return "corrected"
+        if self.tally.net > 0:
+            return "positive"
+        if self.tally.down > 0:
+            return "needs_review"
+        return "no_signal"
+
+    @property
+    def source_id(self) -> str:
+        """A stable id per training signal: a later correction of an already used answer is new data."""
+        base = f"exchange-{self.exchange['id']}"
+        return f"{base}-correction-{self.correction_id}" if self.status == "corrected" else base
+
+    @property
+    def target(self) -> str | None:
+        return {"corrected": self.correction, "positive": self.exchange.get("answer")}.get(self.status)
+
+
+def judge(exchanges: Iterable[Mapping], feedback: Sequence[Mapping]) -> list[Judged]:
+    tallies = tally_votes(feedback)
+    corrections: dict[int, tuple[int, str]] = {}
+    opted: set[int] = set()
+    for row in sorted(feedback, key=lambda r: r["id"]):
+        if row["kind"] == "correction" and row["value"].strip():
+            corrections[row["exchange_id"]] = (row["id"], row["value"].strip())
+        elif row["kind"] == "opt_out":
+            opted.add(row["exchange_id"])
+    out = []
+    for ex in exchanges:
+        fid, text = corrections.get(ex["id"], (None, None))
+        out.append(Judged(ex, tallies.get(ex["id"], Tally()), text, fid, ex["id"] in opted))
+    return out
+
+
+ChunkLookup = Callable[[str], Passage | None]
+
+
+def to_example(
+    judged: Judged,
+    *,
+    system_prompt: str,
+    domain_names: Sequence[str],
+    lookup: ChunkLookup,
+    budget: int,
+    count: TokenCounter = approx_tokens,
+) -> Example | None:
+    """The SFT example for one usable exchange, or None when its cited passages are gone from the index."""
+    cited = list(judged.exchange.get("citations") or [])
+    passages = [p for p in map(lookup, cited) if p is not None]
+    if cited and not passages:
+        return None  # training on the answer without the sources it was drawn from would teach guessing
+    _, question = explicit_prefix(judged.exchange["question"], list(domain_names))
+    built = build_messages(system_prompt, question, passages, budget=budget, count=count)
+    return Example(built.messages, judged.target, f"feedback_{judged.status}", judged.source_id)
+
+
+@dataclass
+class FeedbackDataset:
+    domain: str
+    examples: list[Example] = field(default_factory=list)
+    review: list[Judged] = field(default_factory=list)  # 👎 without a correction, newest first
+    counts: dict[str, int] = field(default_factory=dict)  # exchanges per status, plus "stale" and "seen"
+
+    @property
+    def source_ids(self) -> list[str]:
+        return [ex.source_id for ex in self.examples]
+
+
+def build(
+    store,
+    domain,
+    *,
+    lookup: ChunkLookup,
+    domain_names: Sequence[str],
+    budget: int,
+    count: TokenCounter = approx_tokens,
+    exclude: Iterable[str] = (),
+) -> FeedbackDataset:
+    """Every usable feedback example of `domain` whose source id is not in `exclude` (e.g. already trained on)."""
+    skip = set(exclude)
+    judged = judge(store.exchanges(domain.name), store.feedback(domain.name))
+    out = FeedbackDataset(domain.name)
+    for j in judged:
+        out.counts[j.status] = out.counts.get(j.status, 0) + 1
+        if j.target is None:
+            continue
+        if j.source_id in skip:
+            out.counts["seen"] = out.counts.get("seen", 0) + 1
+            continue
+        example = to_example(
+            j,
+            system_prompt=domain.system_prompt,
+            domain_names=domain_names,
+            lookup=lookup,
+            budget=budget,
+            count=count,
+        )
+        if example is None:
+            out.counts["stale"] = out.counts.get("stale", 0) + 1
+        else:
+            out.examples.append(example)
+    out.review = sorted((j for j in judged if j.status == "needs_review"), key=lambda j: -j.exchange["id"])
+    return out
+
+
+def usable_source_ids(store, domain_name: str) -> list[str]:
+    """Source ids of every exchange that would make an example now (no index needed: for counting)."""
+    judged = judge(store.exchanges(domain_name), store.feedback(domain_name))
+    return [j.source_id for j in judged if j.target is not None]
+
+
+def review_items(store, domain_name: str | None = None, limit: int = 20) -> list[Judged]:
+    """The latest 👎 answers without a correction, for the domain owner."""
+    judged = judge(store.exchanges(domain_name), store.feedback(domain_name))
+    flagged = [j for j in judged if j.status == "needs_review"]
+    return sorted(flagged, key=lambda j: -j.exchange["id"])[:limit]
+
+
+def index_lookup(retriever, domain) -> ChunkLookup:
+    """Chunk id -> Passage from the domain's built index (the same text the answer was given)."""
+    chunks = {c.chunk_id: c for c in retriever.load(domain).chunks}
+    return chunks.get

@@ -1,0 +1,218 @@
+"""Answer one question in Slack, in a worker: route, stream, render, log.
+
+A listener turns an event into an `Ask` and calls `submit`, which answers the rate limit at once
+and queues the rest. The job never raises: a user-facing error is shown as it is, anything else
+becomes a short apology with an error id that is also in the logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
+
+from slack_sdk.errors import SlackApiError
+from slack_sdk.webhook import WebhookClient
+
+from bot import slack_blocks as blocks
+from bot.answer import Answer
+from bot.errors import UserFacingError
+from bot.exchange_log import exchange_fields
+from bot.policy import clean_question
+from bot.prompt import Turn
+from bot.ratelimit import wait_message
+from bot.router import RouteResult, explicit_prefix
+from bot.slack_context import SlackContext
+from bot.slack_stream import MessageStream
+from bot.slack_text import history_turns
+
+log = logging.getLogger(__name__)
+
+BUSY = "I'm answering a lot of questions right now. Please ask again in a minute. :hourglass_flowing_sand:"
+
+
+@dataclass(frozen=True)
+class Ask:
+    text: str
+    channel: str
+    user: str
+    event_key: str  # unique per delivery source: a retried event logs once
+    source: str  # mention | dm | thread | assistant | command | pick
+    thread_ts: str | None = None  # answer in this thread; None answers at the top level
+    history_ts: str | None = None  # the thread whose messages are the context
+    message_ts: str | None = None  # the user's own message: history stops before it
+    domain: str | None = None  # explicit: `/ask legal …` or a picked button
+    method: str | None = None  # how an explicit domain was chosen ("explicit", "button")
+    is_dm: bool = False
+    assistant: bool = False  # a Slack assistant thread: status lines and a title
+    quote_question: bool = False  # /ask: the channel can't see the question, so show it
+    response_url: str | None = None  # /ask: where to answer when the bot can't post in the channel
+
+
+def new_error_id() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def submit(ctx: SlackContext, ask: Ask, notify: Callable[[str], None] | None = None) -> bool:
+    """Apply the per-user rate limit, then queue the answer. False when the user was told to wait."""
+    notify = notify or partial(ctx.whisper, ask.channel, ask.user, thread_ts=ask.thread_ts)
+    wait = ctx.limiter.check(ask.user)
+    if wait:
+        notify(wait_message(wait))
+        return False
+    if not ctx.workers.submit(answer, ctx, ask):
+        notify(BUSY)
+        return False
+    return True
+
+
+class Reply:
+    """The bot's one message for an Ask: posted once, then edited in place."""
+
+    def __init__(self, ctx: SlackContext, ask: Ask):
+        self.ctx = ctx
+        self.ask = ask
+        self.ts: str | None = None
+        self.webhook: WebhookClient | None = None  # set when we may only answer through response_url
+
+    def show(self, message: blocks.Message) -> None:
+        client, ask = self.ctx.client, self.ask
+        if self.webhook:
+            self.webhook.send(response_type="ephemeral", replace_original=True, **message)
+        elif self.ts:
+            client.chat_update(channel=ask.channel, ts=self.ts, **message)
+        else:
+            try:
+                self.ts = client.chat_postMessage(channel=ask.channel, thread_ts=ask.thread_ts, **message)["ts"]
+            except SlackApiError as err:
+                if not ask.response_url or err.response.get("error") not in ("not_in_channel", "channel_not_found"):
+                    raise
+                # /ask where the bot isn't a member: answer the asker privately, through the command's response_url.
+                self.webhook = WebhookClient(ask.response_url)
+                self.webhook.send(response_type="ephemeral", **message)
+
+
+def answer(ctx: SlackContext, ask: Ask) -> None:
+    """The worker job. Never raises."""
+    reply = Reply(ctx, ask)
+    try:
+        _answer(ctx, ask, reply)
+    except UserFacingError as exc:
+        _show_safely(reply, blocks.notice(f":warning: {str(exc)}"))
+    except Exception:
+        error_id = new_error_id()
+        log.exception("answering failed [error %s] source=%s channel=%s", error_id, ask.source, ask.channel)
+        _show_safely(reply, blocks.error_message(error_id))
+
+
+def _show_safely(reply: Reply, message: blocks.Message) -> None:
+    try:
+        reply.show(message)
+    except Exception:  # Slack itself is failing: the log has the error id already
+        log.exception("could not post the failure notice")
+
+
+def _answer(ctx: SlackContext, ask: Ask, reply: Reply) -> None:
+    started = time.perf_counter()
+    history = thread_history(ctx, ask)
+    route = choose_route(ctx, ask)
+    stream = None
+    if route.domain:
+        title = ctx.domain_title(route.domain)
+        if ask.assistant:
+            assistant_status(ctx, ask, f"Searching {title.lower()} documents…", title=None if history else ask.text)
+        reply.show(blocks.thinking_message(title))
+        if reply.ts:
+            stream = MessageStream(ctx.client, ask.channel, reply.ts, interval_s=ctx.settings.stream_interval_s,
+                                   render=partial(blocks.streaming_message, title))
+    try:
+        result = ctx.answerer.answer(
+            ask.text, domain=route.domain, method=route.method if route.domain else None, history=history,
+            channel=ask.channel, channel_name=ctx.channel_name(ask.channel), is_dm=ask.is_dm,
+            on_token=stream.feed if stream else None,
+        )
+    finally:
+        if stream:
+            stream.close()
+    if route.domain and route.scores:  # keep the router's scores: answer() was told the domain, so it has none
+        result = replace(result, route=route)
+    placeholder_ts = reply.ts
+    exchange_id = log_exchange(ctx, ask, result, placeholder_ts, started)
+    reply.show(render(ctx, ask, result, exchange_id))
+    if reply.ts and reply.ts != placeholder_ts:  # a picker or notice posted just now: link it for feedback
+        ctx.store.set_exchange_message(exchange_id, ask.channel, reply.ts)
+
+
+def choose_route(ctx: SlackContext, ask: Ask) -> RouteResult:
+    """Explicit choice (/ask, a button, a `legal:` prefix) > the thread's domain > the router."""
+    question = clean_question(ask.text)
+    if ask.domain:
+        return replace(ctx.answerer.route(question, ask.domain), method=ask.method or "explicit")
+    prefixed, _ = explicit_prefix(question, list(ctx.answerer.discovery.domains))
+    kept = ctx.store.thread_domain(ask.channel, ask.history_ts) if ask.history_ts and not prefixed else None
+    if kept in ctx.answerer.discovery.domains:
+        return replace(ctx.answerer.route(question, kept), method="thread")
+    return ctx.answerer.route(question)
+
+
+def thread_history(ctx: SlackContext, ask: Ask) -> list[Turn]:
+    if not ask.history_ts:
+        return []
+    try:
+        resp = ctx.client.conversations_replies(channel=ask.channel, ts=ask.history_ts, limit=50)
+    except SlackApiError as err:  # answer without context rather than not at all
+        log.warning("conversations.replies failed: %s", err.response.get("error"))
+        return []
+    turns = history_turns(resp.get("messages", []), bot_user_id=ctx.bot_user_id, before_ts=ask.message_ts)
+    if turns and turns[-1] == Turn("user", ask.text):  # a picked question sits just above its picker
+        turns.pop()
+    return turns
+
+
+def assistant_status(ctx: SlackContext, ask: Ask, status: str, *, title: str | None = None) -> None:
+    """Status line (and, for a new thread, its title) in a Slack assistant thread; best effort."""
+    thread = ask.thread_ts or ""
+    try:
+        if title:
+            ctx.client.assistant_threads_setTitle(channel_id=ask.channel, thread_ts=thread, title=title[:100])
+        ctx.client.assistant_threads_setStatus(channel_id=ask.channel, thread_ts=thread, status=status)
+    except SlackApiError as err:
+        log.info("assistant status not set: %s", err.response.get("error"))
+
+
+def log_exchange(ctx: SlackContext, ask: Ask, result: Answer, message_ts: str | None, started: float) -> int:
+    fields = exchange_fields(result, ask.text)
+    fields["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)  # what the user waited
+    return ctx.store.log_exchange(
+        source=f"slack:{ask.source}", channel=ask.channel, user=ask.user, thread_ts=ask.thread_ts,
+        message_ts=message_ts, event_key=ask.event_key, **fields,
+    )
+
+
+def _final(ctx: SlackContext, ask: Ask, result: Answer, exchange_id: int) -> blocks.Message:
+    quote = blocks.asked(ask.user, ask.text) if ask.quote_question else None
+    return blocks.answer_message(result, exchange_id, ctx.domain_title(result.domain or ""), quote=quote)
+
+
+def _policy(ctx: SlackContext, ask: Ask, result: Answer, exchange_id: int) -> blocks.Message:
+    return blocks.policy_message(result, ctx.domain_title(result.domain or ""))
+
+
+def _picker(ctx: SlackContext, ask: Ask, result: Answer, exchange_id: int) -> blocks.Message:
+    return blocks.picker_message(result.route.question or ask.text, ctx.domains, exchange_id)
+
+
+RENDERERS: dict[str, Callable[[SlackContext, Ask, Answer, int], blocks.Message]] = {
+    "answer": _final,
+    "abstain": _picker,
+    "refused": _policy,
+    "redirect": _policy,
+    "not_allowed": _policy,
+}
+
+
+def render(ctx: SlackContext, ask: Ask, result: Answer, exchange_id: int) -> blocks.Message:
+    return RENDERERS.get(result.kind, _policy)(ctx, ask, result, exchange_id)

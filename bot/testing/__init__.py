@@ -1,0 +1,1 @@
+"""Reusable test helpers (a fake Slack, request signing, payload builders) for domain owners' tests."""

@@ -1,0 +1,133 @@
+"""The owner report: numbers from the store, PNGs that are real images, HTML that escapes user text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot import report
+from bot.store import Store
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = "2026-03-01T09:00:00.000+00:00"
+
+    def __call__(self) -> str:
+        return self.now
+
+
+@pytest.fixture
+def seeded() -> Store:
+    clock = Clock()
+    store = Store(":memory:", clock=clock)
+
+    def ask(question: str, adapter: str, kind: str = "answer", domain: str | None = "finance") -> int:
+        return store.log_exchange(
+            source="slack", question=question, answer="<b>an answer</b>", domain=domain, kind=kind,
+            router_scores={}, chosen_by="router", citations=[], adapter=adapter, latency_ms=3.0,
+        )  # fmt: skip
+
+    a = ask("q1", "base")
+    b = ask("q2", "base")
+    store.add_feedback(a, "reaction", "+1", user="U1", event_key="1")
+    store.add_feedback(b, "reaction", "-1", user="U1", event_key="2")
+    clock.now = "2026-03-02T09:00:00.000+00:00"
+    c = ask("<script>alert(1)</script> q3", "v1")
+    d = ask("hello there", "base", kind="abstain", domain=None)
+    store.add_feedback(c, "button", "+1", user="U2", event_key="3")
+    store.add_feedback(c, "reaction", "+1", user="U3", event_key="4")
+    store.add_feedback(c, "reaction", "removed:+1", user="U3", event_key="5")
+    store.add_feedback(d, "reroute", "finance", user="U2", event_key="6")
+    run = store.start_run("finance", current_version="base")
+    store.finish_run(
+        run, status="promoted", reason="ok", candidate_version="v1",
+        metrics_current={"overall": 0.4, "tasks": {"tfns": 0.3}},
+        metrics_candidate={"overall": 0.6, "tasks": {"tfns": 0.7}},
+    )  # fmt: skip
+    return store
+
+
+def test_feedback_by_day(seeded: Store) -> None:
+    days = report.feedback_by_day(seeded.feedback())
+    assert list(days) == ["2026-03-01", "2026-03-02"]
+    assert days["2026-03-01"] == {"👍": 1, "👎": 1}
+    assert days["2026-03-02"] == {"👍": 2, "reroute": 1}  # the withdrawal is not an event to plot
+
+
+def test_thumbs_up_rate_per_version(seeded: Store) -> None:
+    rates = {r.version: r for r in report.thumbs_up_rate(seeded.exchanges(), seeded.feedback())}
+    assert list(rates) == ["finance/base", "finance/v1"]  # the abstention is not an answer
+    assert (rates["finance/base"].up, rates["finance/base"].down, rates["finance/base"].rate) == (1, 1, 0.5)
+    assert (rates["finance/v1"].up, rates["finance/v1"].rate) == (1, 1.0)  # U3 withdrew their vote
+
+
+def test_routing_rates(seeded: Store) -> None:
+    days = report.routing_by_day(seeded.exchanges(), seeded.feedback())
+    assert [(d.day, d.exchanges, d.abstained, d.rerouted) for d in days] == [
+        ("2026-03-01", 2, 0, 0), ("2026-03-02", 2, 1, 1),
+    ]  # fmt: skip
+    assert days[1].abstention_rate == 0.5
+
+
+def test_eval_by_version(seeded: Store) -> None:
+    assert report.eval_by_version(seeded.runs()) == {
+        "finance/base": {"overall": 0.4, "tfns": 0.3}, "finance/v1": {"overall": 0.6, "tfns": 0.7},
+    }  # fmt: skip
+
+
+def test_summary_table(seeded: Store) -> None:
+    rows = {r.domain: r for r in report.summaries(seeded.exchanges(), seeded.feedback(), seeded.runs())}
+    fin = rows["finance"]
+    assert (fin.exchanges, fin.up, fin.down, fin.rate, fin.last_run) == (3, 2, 1, "67%", "promoted v1")
+    assert (rows["(none)"].abstained, rows["(none)"].reroutes) == (1, 1)
+    table = report.format_table(list(rows.values()))
+    assert table.splitlines()[0].split()[:2] == ["domain", "exchanges"]
+    assert "promoted v1" in table
+
+
+def test_write_report(seeded: Store, tmp_path: Path) -> None:
+    out = report.write_report(seeded, tmp_path / "r")
+    assert out.html_path.name == "index.html"
+    assert len(out.pngs) == 4
+    for png in out.pngs:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f'src="{png.name}"' in out.html_path.read_text()
+    page = out.html_path.read_text()
+    assert "<script>alert(1)</script>" not in page  # user text is escaped
+    assert "&lt;b&gt;an answer&lt;/b&gt;" in page
+    assert "Latest 👎 to review" in page and "q2" in page
+
+
+def test_report_on_an_empty_store(tmp_path: Path) -> None:
+    out = report.write_report(Store(":memory:"), tmp_path, "legal")
+    assert all(p.stat().st_size > 1000 for p in out.pngs)
+    assert "No thumbs-down answers" in out.html_path.read_text()
+    assert len(out.table.splitlines()) == 2  # the header and its rule
+
+
+def test_eval_metrics_from_adapter_meta(tmp_path: Path) -> None:
+    import json
+
+    from bot.domains import discover
+
+    root = Path(__file__).resolve().parent.parent
+    domains = tmp_path / "domains"
+    (domains / "finance").mkdir(parents=True)
+    for item in (root / "domains" / "finance").iterdir():
+        if item.name != "adapters":
+            (domains / "finance" / item.name).symlink_to(item)
+    finance = discover(domains).get("finance")
+    for version, overall in (("v1", 0.5), ("v2", 0.7)):
+        folder = finance.adapters_dir / version
+        folder.mkdir(parents=True)
+        (folder / "adapter.gguf").write_bytes(b"x")
+        meta = {"metrics": {"overall": overall, "tasks": {"tfns_sentiment": {"score": overall, "n": 9}}}}
+        (folder / "meta.json").write_text(json.dumps(meta))
+    assert report.eval_from_meta([finance]) == {
+        "finance/v1": {"overall": 0.5, "tfns_sentiment": 0.5},
+        "finance/v2": {"overall": 0.7, "tfns_sentiment": 0.7},
+    }
+    out = report.write_report(Store(":memory:"), tmp_path / "r", "finance", domains=[finance])
+    assert out.pngs[2].stat().st_size > 1000

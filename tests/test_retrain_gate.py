@@ -1,0 +1,149 @@
+"""Retraining under stress, on the real tiny model:
+
+- poisoned feedback (tweets 👍'd with shuffled labels) makes a degraded candidate, and the gate rejects it;
+- `kill -9` in the middle of training leaves the live adapter, the pointer and the database intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bot import adapters
+from bot.answer import Answerer
+from bot.domains import discover
+from bot.retrieval import Retriever
+from bot.store import Store
+from bot.testing_lora import write_lora
+from training import retrain as rt
+from training.dataset import read_jsonl, user_text
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+TASK = "tfns_sentiment"
+
+
+def linked_workspace(tmp: Path, indexes: Path) -> tuple[Path, Path]:
+    """Domains linked file by file (own adapters/ folders) and the shared built indexes (own router cache)."""
+    domains, idx = tmp / "domains", tmp / "indexes"
+    for src in (ROOT / "domains").iterdir():
+        if (src / "domain.toml").is_file():
+            (domains / src.name).mkdir(parents=True)
+            for item in src.iterdir():
+                if item.name != "adapters":
+                    (domains / src.name / item.name).symlink_to(item)
+            idx.mkdir(exist_ok=True)
+            (idx / src.name).symlink_to(indexes / src.name)
+    return domains, idx
+
+
+@pytest.fixture
+def workspace(base_settings, built_indexes, tmp_path):
+    domains, indexes = linked_workspace(tmp_path, built_indexes)
+    settings = base_settings.with_(domains_dir=domains, indexes_dir=indexes, db_path=tmp_path / "bot.db")
+    store = Store.from_settings(settings)
+    yield settings, store
+    store.close()
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def poison(store: Store, n: int, seed: int = 0) -> None:
+    """n finance tweets, each answered with a label taken from another tweet and given a 👍."""
+    rows = [r for r in read_jsonl(ROOT / "domains" / "finance" / "train.jsonl") if r["task"] == TASK][:n]
+    labels = [r["output"] for r in rows]
+    random.Random(seed).shuffle(labels)
+    for i, (row, label) in enumerate(zip(rows, labels, strict=True)):
+        xid = store.log_exchange(
+            source="slack", question=user_text(row["instruction"], row.get("input")), answer=label, domain="finance",
+            kind="answer", router_scores={}, chosen_by="explicit", citations=[], adapter="v1", latency_ms=1.0,
+        )  # fmt: skip
+        store.add_feedback(xid, "reaction", "+1", user=f"U{i}", event_key=f"poison-{i}")
+
+
+def test_a_degraded_candidate_is_rejected_by_the_gate(workspace, runtime, embedder) -> None:
+    shipped = adapters.current(ROOT / "domains" / "finance" / "adapters")
+    if shipped is None:
+        pytest.skip("needs the shipped finance adapter (domainbot train finance) as the good live version")
+    settings, store = workspace
+    finance = discover(settings.domains_dir).get("finance")
+    shutil.copytree(shipped.path, finance.adapters_dir / "v1")
+    adapters.promote(finance.adapters_dir, "v1")
+    live_bytes = digest(finance.adapters_dir / "v1" / adapters.ADAPTER_FILE)
+    poison(store, 64)
+
+    answerer = Answerer(settings, discover(settings.domains_dir), Retriever(settings, embedder), runtime)
+    cfg = rt.RetrainConfig(
+        max_steps=16, epochs=2.0, lr=1e-3, batch_size=8, feedback_repeats=1, replay_per_example=0, min_replay=0,
+        eval_limit=20, eval_tasks=(TASK,), refit_router=False,
+    )  # fmt: skip
+    out = rt.retrain("finance", settings=settings, store=store, cfg=cfg, answerer=answerer)
+
+    print(
+        f"\ndegraded candidate: {out.status} ({out.reason}); current {out.metrics_current}, candidate {out.metrics_candidate}"
+    )
+    assert out.status == "rejected"
+    assert out.metrics_candidate["tasks"][TASK] < out.metrics_current["tasks"][TASK] - 0.01
+    assert TASK in out.reason or "worse overall" in out.reason
+    assert adapters.current(finance.adapters_dir).version == "v1"
+    assert digest(finance.adapters_dir / "v1" / adapters.ADAPTER_FILE) == live_bytes
+    run = store.runs("finance")[-1]
+    assert (run["status"], run["promoted"], run["candidate_version"]) == ("rejected", 0, "v2")
+    assert run["reason"] == out.reason
+    assert adapters.AdapterVersion("v2", finance.adapters_dir / "v2").meta["gate"] == {
+        "promoted": False,
+        "reason": out.reason,
+    }
+
+
+def test_kill_9_during_retraining_leaves_the_live_adapter_untouched(workspace) -> None:
+    settings, store = workspace
+    finance = discover(settings.domains_dir).get("finance")
+    (finance.adapters_dir / "v1").mkdir(parents=True)
+    write_lora(finance.adapters_dir / "v1" / adapters.ADAPTER_FILE, scale=0.01)
+    adapters.promote(finance.adapters_dir, "v1")
+    before = {p.name: digest(p) for p in (finance.adapters_dir / "v1").iterdir()}
+    poison(store, 8)
+
+    env = {
+        **os.environ, "PYTHONPATH": str(ROOT), "DOMAINBOT_DOMAINS_DIR": str(settings.domains_dir),
+        "DOMAINBOT_INDEXES_DIR": str(settings.indexes_dir), "DOMAINBOT_DB": str(settings.db_path),
+        "DOMAINBOT_THREADS": "2",
+    }  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot", "retrain", "finance", "--steps", "200", "--replay-task", TASK],
+        env=env, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    seen = b""
+    deadline = time.monotonic() + 600
+    while b"train finance" not in seen and time.monotonic() < deadline:  # tqdm's bar: the loop is running
+        chunk = proc.stderr.read1(4096)
+        if not chunk:
+            break
+        seen += chunk
+    time.sleep(3)  # a few steps in
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, seen.decode(errors="replace")[-2000:]
+
+    assert adapters.current(finance.adapters_dir).version == "v1"
+    assert {p.name: digest(p) for p in (finance.adapters_dir / "v1").iterdir()} == before
+    assert [v.version for v in adapters.versions(finance.adapters_dir)] == ["v1"]  # no half-made version
+    assert store.integrity_check() == "ok"
+    [run] = store.runs("finance")
+    assert run["status"] == "running"  # it died mid-run; the next retrain marks it, under the domain lock
+    with rt.domain_lock(finance):  # the kernel released the dead process's lock
+        rt.mark_abandoned(store, "finance")
+    assert store.runs("finance")[0]["status"] == "failed"
+    assert rt.new_example_count(store, "finance") == 8  # its examples were never tried to the end

@@ -1,0 +1,1 @@
+"""LoRA training, GGUF export, evaluation and the promotion gate for domain adapters."""

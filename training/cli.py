@@ -1,0 +1,198 @@
+"""`domainbot train | eval | adapters | promote | rollback`."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from bot import adapters as store
+from bot.config import Settings
+from bot.errors import UserFacingError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="fine-tune a LoRA adapter for a domain, export it to GGUF and verify it")
+    p.add_argument("domain")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (quick runs)")
+    p.add_argument("--max-examples", type=int, help="use at most this many training rows")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--rank", type=int)
+    p.add_argument("--alpha", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    p.add_argument("--no-bf16", action="store_true", help="train in fp32 instead of bf16 autocast")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--extra-file", action="append", default=[], metavar="JSONL",
+                   help="more training rows, relative to the domain folder (e.g. train_tfns_full.jsonl)")
+    p.add_argument("--cap", action="append", default=[], metavar="TASK=N",
+                   help="resize a task to N rows: a seeded sample, or repeats when N is larger")
+    p.add_argument("--base-model", type=Path, help="a GGUF or HF model dir (default: the served GGUF)")
+    p.add_argument("--warm-start", type=Path, help="a PEFT dir or an adapter version folder to start from")
+    p.add_argument("--fresh", action="store_true", help="ignore a checkpoint of the same run instead of resuming")
+    p.add_argument("--merged", choices=("q8_0", "q4_k_m"), help="also write a standalone merged GGUF")
+    p.add_argument("--no-peft", action="store_true", help="keep only adapter.gguf + meta.json in the version folder")
+    p.add_argument("--promote", action="store_true", help="make the new version live after it verifies")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="score the base model and/or an adapter on the domain's eval.jsonl")
+    p.add_argument("domain")
+    p.add_argument("--adapter", help="vN, base or current (default: current, compared with base)")
+    p.add_argument("--limit", type=int, help="at most this many items per task")
+    p.add_argument("--tasks", nargs="*", help="only these eval tasks")
+    p.add_argument("--no-compare", action="store_true", help="do not also evaluate the base model")
+    p.add_argument("--out", type=Path, help="report folder (default: reports/<domain>)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("adapters", help="list a domain's adapter versions with their metrics; "
+                                        "`adapters export` prints the inference-server flags for the live ones")
+    p.add_argument("domain", help="a domain, or `export` (see `domainbot adapters export -h`)")
+    p.add_argument("export_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_adapters)
+
+    p = sub.add_parser("promote", help="make an adapter version (or 'base') live")
+    p.add_argument("domain")
+    p.add_argument("version")
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("rollback", help="go back to the version that was live before the last promotion")
+    p.add_argument("domain")
+    p.set_defaults(func=cmd_rollback)
+
+
+def _domain(name: str, settings: Settings):
+    from training.dataset import resolve_domain
+
+    try:
+        return resolve_domain(name, settings)
+    except KeyError as exc:
+        raise UserFacingError(str(exc)) from None
+
+
+def parse_caps(items: list[str]) -> dict[str, int]:
+    caps = {}
+    for item in items:
+        task, _, n = item.partition("=")
+        if not task or not n.isdigit():
+            raise UserFacingError(f"--cap wants TASK=N (e.g. tfns_sentiment=3000), got {item!r}")
+        caps[task] = int(n)
+    return caps
+
+
+def train_config(args: argparse.Namespace):
+    from training.finetune import TrainConfig
+
+    cfg = TrainConfig(seed=args.seed, threads=args.threads, device=args.device, bf16=not args.no_bf16,
+                      max_steps=args.max_steps, max_examples=args.max_examples, task_caps=parse_caps(args.cap),
+                      extra_files=tuple(args.extra_file), base_model=args.base_model, warm_start=args.warm_start)
+    for name in ("epochs", "rank", "alpha", "lr", "batch_size"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    return cfg
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from training.dataset import load_examples
+    from training.export import publish
+    from training.finetune import load_base, served_gguf, token_counter, train
+
+    domain = _domain(args.domain, settings)
+    cfg = train_config(args)
+    base = Path(cfg.base_model) if cfg.base_model else served_gguf(settings)
+    if base.suffix != ".gguf":
+        raise UserFacingError("export needs the served GGUF as the base; train on an HF model with the Python API")
+    examples = load_examples(domain, max_examples=cfg.max_examples, seed=cfg.seed, extra_files=cfg.extra_files,
+                             task_caps=cfg.task_caps, settings=settings, count=token_counter(load_base(base)[1]))
+    print(f"{domain.name}: {len(examples)} examples, rank {cfg.rank}, lr {cfg.lr}, batch {cfg.batch_size}, seed {cfg.seed}")
+    result = train(domain, cfg, examples, settings=settings, resume=not args.fresh)
+    print(f"trained {result.steps} steps in {result.seconds:.0f}s: {result.tokens_per_s:.0f} tokens/s, "
+          f"final loss {result.final_loss:.3f} ({result.device})")
+    command = "domainbot " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["train"] else None
+    version = publish(result, examples, adapters_dir=domain.adapters_dir, base_gguf=base, keep_peft=not args.no_peft,
+                      threads=cfg.threads, command=command, merged=args.merged)
+    report = version.meta.get("verify", {})
+    print(f"exported {version.gguf} ({version.gguf.stat().st_size / 1e6:.1f} MB); verified: llama.cpp and "
+          f"transformers agree on {report.get('agreement', 0):.1%} of top-1 tokens")
+    if args.promote:
+        store.promote(domain.adapters_dir, version.version)
+        print(f"{domain.name}: {version.version} is now live")
+    else:
+        print(f"next: domainbot eval {domain.name} --adapter {version.version}; "
+              f"domainbot promote {domain.name} {version.version}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.answer import Answerer
+    from training.evaluate import cached, evaluate, record_metrics, save_results, table
+
+    domain = _domain(args.domain, settings)
+    wanted = args.adapter or "current"
+    answerer = Answerer.from_settings(settings)
+    try:
+        results = []
+        kwargs = {"limit": args.limit, "tasks": args.tasks, "settings": settings, "answerer": answerer}
+        main = evaluate(domain, wanted, **kwargs)
+        if main.adapter != "base" and not args.no_compare:
+            base = cached(domain, "base", settings, args.limit, args.tasks, args.out)
+            if base:
+                print(f"base: reusing the saved results for the same model, data and settings ({base.seconds:.0f}s saved)")
+            results.append(base or evaluate(domain, "base", **kwargs))
+        results.append(main)
+    finally:
+        answerer.close()
+    if main.adapter != "base":
+        record_metrics(domain, main, results[0] if len(results) > 1 else None)
+    path, png = save_results(results, args.out)
+    print(table(results))
+    print(f"\nwrote {path} and {png}")
+    return 0
+
+
+def cmd_adapters(args: argparse.Namespace, settings: Settings) -> int:
+    if args.domain == "export":  # `domainbot adapters export [domain] --format peft|gguf [--target ...]`
+        from training.serve_export import export_main
+
+        return export_main(args.export_args, settings)
+    if args.export_args:
+        raise UserFacingError(f"unexpected arguments after the domain: {' '.join(args.export_args)}")
+    domain = _domain(args.domain, settings)
+    live = store.current(domain.adapters_dir)
+    found = store.versions(domain.adapters_dir)
+    if not found:
+        print(f"{domain.name}: no adapters yet (live: base). Train one with `domainbot train {domain.name}`.")
+        return 0
+    print(f"{'':2}{'version':8}{'created':26}{'MB':>6}  {'steps':>6}  {'loss':>6}  metrics")
+    for v in found:
+        meta = v.meta
+        tasks = (meta.get("metrics") or {}).get("tasks", {})
+        scores = ", ".join(f"{t} {s['score']:.3f}" for t, s in sorted(tasks.items())) or "not evaluated"
+        mark = "* " if live and live.version == v.version else "  "
+        train = meta.get("train", {})
+        print(f"{mark}{v.version:8}{meta.get('created', '?'):26}{v.gguf.stat().st_size / 1e6:6.1f}  "
+              f"{train.get('steps', '?'):>6}  {train.get('final_loss', float('nan')):6.3f}  {scores}")
+    print(f"\nlive: {live.version if live else 'base'}")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
+    domain = _domain(args.domain, settings)
+    try:
+        store.promote(domain.adapters_dir, args.version)
+    except store.AdapterError as exc:
+        raise UserFacingError(str(exc)) from None
+    print(f"{domain.name}: {args.version} is now live")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    domain = _domain(args.domain, settings)
+    try:
+        now = store.rollback(domain.adapters_dir)
+    except store.AdapterError as exc:
+        raise UserFacingError(str(exc)) from None
+    print(f"{domain.name}: rolled back; {now} is now live")
+    return 0

@@ -1,0 +1,378 @@
+"""`domainbot eval`: run a domain's eval.jsonl through the real serving path and score it.
+
+Each item goes through `Answerer.answer` (llama.cpp, the adapter, the prompt builder, retrieval where the
+task uses it). How an item is asked follows the task's manifest entry:
+- inline text (a tweet, a clause, an abstract): `question + "\\n\\n" + context`, no retrieved passages;
+- reading comprehension (`retrieval = true` and an inline context, e.g. TAT-QA): the gold context as source [1];
+- open questions (no context, e.g. MedQuAD): retrieved passages, as in Slack.
+Retrieval recall@k against `context_id` is scored separately (the ranker, no score floor), as asked and with
+the source named.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bot.config import ROOT, Settings, load_settings
+from bot.domains import Domain
+from bot.errors import UserFacingError
+from bot.prompt import Passage
+from training import metrics
+from training.dataset import read_jsonl, resolve_domain
+
+REPORTS_DIR = ROOT / "reports"
+MAX_TOKENS = {"classification": 8, "extraction": 32, "qa": 64}
+TASK_MAX_TOKENS = {"medquad_open_qa": 64, "legalbench_rule_qa": 64, "tatqa_hybrid_qa": 48}
+RECALL_K = (1, 5)
+# Eval task name -> the training task that teaches it (names differ in the shipped data).
+TRAINED_AS = {"legalbench_unfair_tos": "unfair_tos", "pubmedqa_yes_no_maybe": "pubmedqa_reasoning",
+              "medquad_open_qa": "medquad_qa"}
+
+
+@dataclass
+class EvalResult:
+    domain: str
+    adapter: str  # "base" or "vN"
+    tasks: dict[str, dict]  # task -> {kind, n, score (primary), accuracy/macro_f1/... , majority_*}
+    retrieval: dict[str, dict] = field(default_factory=dict)  # "as asked" / "named" -> {n, recall@1, recall@5}
+    items: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    limit: int | None = None
+    fingerprint: dict = field(default_factory=dict)  # what the scores depend on (cached base results must match)
+
+    @property
+    def overall(self) -> float:
+        scores = [t["score"] for t in self.tasks.values()]
+        return sum(scores) / len(scores) if scores else 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "overall": self.overall}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> EvalResult:
+        return cls(d["domain"], d["adapter"], dict(d["tasks"]), dict(d.get("retrieval", {})), list(d.get("items", [])),
+                   float(d.get("seconds", 0.0)), d.get("limit"), dict(d.get("fingerprint", {})))
+
+
+# ---- asking one item ------------------------------------------------------------------------------------
+def task_kind(domain: Domain, task: str, row: dict) -> str:
+    spec = domain.tasks.get(task, {})
+    return spec.get("kind") or ("classification" if row.get("choices") else "qa")
+
+
+def task_labels(domain: Domain, task: str, rows: Sequence[dict]) -> list[str]:
+    labels = list(domain.tasks.get(task, {}).get("labels", []))
+    for row in rows:  # gold labels the manifest forgot still count (e.g. unfair_tos "Contract by using")
+        for label in [*row.get("choices", []), row["answer"]]:
+            if label not in labels:
+                labels.append(label)
+    return labels
+
+
+def ask_plan(domain: Domain, row: dict, titles: Mapping[str, str]) -> tuple[str, list[Passage] | None]:
+    """(question, passages) for Answerer.answer: passages None = retrieve, [] = none."""
+    context = (row.get("context") or "").strip()
+    if not context:
+        return row["question"], None
+    if domain.tasks.get(row["task"], {}).get("retrieval"):
+        cid = row.get("context_id") or row["id"]
+        return row["question"], [Passage(f"{cid}#0", titles.get(cid, "Source"), context, 1.0, cid)]
+    return f"{row['question'].strip()}\n\n{context}", []
+
+
+def load_eval_rows(domain: Domain, tasks: Sequence[str] | None, limit: int | None) -> list[dict]:
+    rows = read_jsonl(domain.eval_file, required=("id", "task", "question", "answer"))
+    if tasks:
+        unknown = set(tasks) - {r["task"] for r in rows}
+        if unknown:
+            raise UserFacingError(f"{domain.name} eval has no task(s) {', '.join(sorted(unknown))}")
+        rows = [r for r in rows if r["task"] in tasks]
+    if limit:  # the first `limit` of each task: every task stays represented
+        per_task: dict[str, list[dict]] = {}
+        for r in rows:
+            per_task.setdefault(r["task"], []).append(r)
+        rows = [r for task_rows in per_task.values() for r in task_rows[:limit]]
+    if not rows:
+        raise UserFacingError(f"{domain.eval_file} has no rows to evaluate")
+    return rows
+
+
+# ---- scoring --------------------------------------------------------------------------------------------
+def score_task(kind: str, items: Sequence[dict], labels: Sequence[str]) -> dict:
+    golds = [it["gold"] for it in items]
+    if kind == "classification":
+        preds = [metrics.parse_label(it["output"], labels) for it in items]
+        for it, p in zip(items, preds, strict=True):
+            it["pred"] = p
+        label, maj_acc, maj_f1 = metrics.majority(golds)
+        f1 = metrics.macro_f1(preds, golds)
+        return {"kind": kind, "n": len(items), "score": f1, "accuracy": metrics.accuracy(preds, golds), "macro_f1": f1,
+                "unparsed": sum(p is None for p in preds), "majority_label": label, "majority_accuracy": maj_acc,
+                "majority_macro_f1": maj_f1}
+    outs = [metrics.strip_derivation(it["output"]) for it in items]
+    em = [metrics.exact_match(o, g) for o, g in zip(outs, golds, strict=True)]
+    f1 = [metrics.token_f1(o, g) for o, g in zip(outs, golds, strict=True)]
+    return {"kind": kind, "n": len(items), "score": sum(f1) / len(f1), "exact_match": sum(em) / len(em),
+            "token_f1": sum(f1) / len(f1)}
+
+
+def contract_name(contract_file: str) -> str:
+    """'ADAMSGOLFINC_03_21_2005-EX-10.17-ENDORSEMENT AGREEMENT.PDF' -> 'ADAMSGOLFINC ENDORSEMENT AGREEMENT'."""
+    stem = re.sub(r"\.(pdf|txt)$", "", contract_file, flags=re.IGNORECASE)
+    company = re.split(r"_\d", stem, maxsplit=1)[0].replace("_", " ").strip()
+    kind = re.split(r"-EX-[\d.]+[A-Z]?-?", stem, maxsplit=1)[-1].replace("_", " ").strip()
+    return f"{company} {kind}".strip() if kind != stem else company
+
+
+def named_question(question: str, passage: Passage | None) -> str:
+    """The question as a user who names the source asks it: contract name, else the passage title."""
+    if passage is None:
+        return question
+    file = passage.metadata.get("contract_file")
+    name = contract_name(file) if file else passage.title
+    return f"{name}: {question}"
+
+
+def retrieval_recall(retriever, domain: Domain, rows: Sequence[dict], corpus: Mapping[str, Passage],
+                     progress: bool = True) -> dict[str, dict]:
+    from tqdm import tqdm
+
+    gold_rows = [r for r in rows if r.get("context_id")]
+    if not gold_rows:
+        return {}
+    variants = {
+        "as asked": lambda r: r["question"],
+        "named": lambda r: named_question(r["question"], corpus.get(r["context_id"])),
+    }
+    out = {}
+    k = max(RECALL_K)
+    for name, make in variants.items():
+        ranked = [[p.doc_id or p.chunk_id.split("#")[0] for p in retriever.search(domain, make(r), k=k, min_score=0.0)]
+                  for r in tqdm(gold_rows, desc=f"recall {name}", disable=not progress)]
+        gold = [r["context_id"] for r in gold_rows]
+        out[name] = {"n": len(gold_rows), **{f"recall@{i}": metrics.recall_at_k(ranked, gold, i) for i in RECALL_K}}
+    return out
+
+
+# ---- the runner -----------------------------------------------------------------------------------------
+def evaluate(
+    domain: Domain | str,
+    adapter: str | None = "base",
+    limit: int | None = None,
+    tasks: Sequence[str] | None = None,
+    *,
+    settings: Settings | None = None,
+    answerer=None,
+    with_retrieval: bool = True,
+    progress: bool = True,
+) -> EvalResult:
+    """Score `adapter` ("base", "vN", or None = the live one) on the domain's eval set."""
+    from tqdm import tqdm
+
+    from bot.answer import Answerer
+    from bot.retrieval import load_docs
+
+    settings = settings or load_settings()
+    domain = resolve_domain(domain, settings)
+    rows = load_eval_rows(domain, tasks, limit)
+    own = answerer is None
+    answerer = answerer or Answerer.from_settings(settings)
+    try:
+        adapter = _resolve_adapter(domain, adapter, settings)
+        corpus = {d.id: Passage(f"{d.id}#0", d.title, d.text, 1.0, d.id, dict(d.metadata)) for d in load_docs(domain)}
+        titles = {k: p.title for k, p in corpus.items()}
+        t0 = time.perf_counter()
+        items = []
+        for row in tqdm(rows, desc=f"eval {domain.name} [{adapter}]", disable=not progress):
+            items.append(_ask(answerer, domain, row, adapter, titles))
+        by_task: dict[str, list[dict]] = {}
+        for it in items:
+            by_task.setdefault(it["task"], []).append(it)
+        scores = {
+            task: score_task(task_kind(domain, task, its[0]), its, task_labels(domain, task, [r for r in rows if r["task"] == task]))
+            for task, its in by_task.items()
+        }
+        recall = retrieval_recall(answerer.retriever, domain, rows, corpus, progress) if with_retrieval else {}
+        return EvalResult(domain.name, adapter, scores, recall, items, time.perf_counter() - t0, limit,
+                          fingerprint(domain, adapter, settings, limit, tasks))
+    finally:
+        if own:
+            answerer.close()
+
+
+def fingerprint(domain: Domain, adapter: str, settings: Settings, limit: int | None, tasks: Sequence[str] | None) -> dict:
+    """Everything a score depends on: model + adapter files, eval data, prompt settings, limits."""
+    import hashlib
+
+    from training.finetune import file_hash, served_gguf
+
+    gguf = domain.adapters_dir / adapter / "adapter.gguf"
+    return {
+        "base": file_hash(served_gguf(settings)), "adapter": file_hash(gguf) if adapter != "base" else "base",
+        "eval": file_hash(domain.eval_file), "docs": sorted(str(p.stat().st_mtime) for p in domain.docs_dir.glob("*")),
+        "prompt": hashlib.sha256(f"{domain.system_prompt}|{domain.tasks}|{settings.prompt_budget}".encode()).hexdigest()[:16],
+        "max_tokens": {**MAX_TOKENS, **TASK_MAX_TOKENS}, "limit": limit, "tasks": sorted(tasks or []),
+    }
+
+
+def cached(domain: Domain, adapter: str, settings: Settings, limit: int | None, tasks: Sequence[str] | None,
+           folder: Path | None = None) -> EvalResult | None:
+    """A saved result for exactly this setup (e.g. the base model, which every comparison needs), else None."""
+    path = (folder or REPORTS_DIR / domain.name) / f"eval_{adapter}.json"
+    try:
+        saved = EvalResult.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError):
+        return None
+    return saved if saved.fingerprint == fingerprint(domain, adapter, settings, limit, tasks) else None
+
+
+def _resolve_adapter(domain: Domain, adapter: str | None, settings: Settings) -> str:
+    from bot import adapters as store
+    from training.export import check_base
+    from training.finetune import served_gguf
+
+    if adapter in (None, "current"):
+        live = store.current(domain.adapters_dir)
+        adapter = live.version if live else "base"
+    if adapter == "base":
+        return adapter
+    version = store.AdapterVersion(adapter, domain.adapters_dir / adapter)
+    if not version.gguf.is_file():
+        known = ", ".join(v.version for v in store.versions(domain.adapters_dir)) or "none"
+        raise UserFacingError(f"{domain.name} has no adapter {adapter!r} (versions: {known})")
+    check_base(version, served_gguf(settings))
+    return adapter
+
+
+def _ask(answerer, domain: Domain, row: dict, adapter: str, titles: Mapping[str, str]) -> dict:
+    question, passages = ask_plan(domain, row, titles)
+    kind = task_kind(domain, row["task"], row)
+    max_tokens = TASK_MAX_TOKENS.get(row["task"], MAX_TOKENS.get(kind, 64))
+    answer = answerer.answer(question, domain=domain.name, adapter=adapter, passages=passages, max_tokens=max_tokens)
+    if adapter != "base" and answer.adapter != adapter:
+        raise UserFacingError(f"the runtime refused adapter {adapter} for {domain.name}: {' '.join(answer.notes)}")
+    return {"id": row["id"], "task": row["task"], "gold": row["answer"], "output": answer.text, "kind": answer.kind,
+            "total_s": round(answer.timings.get("total_s", 0.0), 3)}
+
+
+# ---- promotion gate -------------------------------------------------------------------------------------
+def _task_scores(result) -> dict[str, float]:
+    if isinstance(result, EvalResult):
+        return {t: float(s["score"]) for t, s in result.tasks.items()}
+    tasks = result.get("tasks", result) if isinstance(result, Mapping) else {}
+    return {t: float(s["score"] if isinstance(s, Mapping) else s) for t, s in tasks.items()}
+
+
+def gate(candidate, current, margin: float = 0.01) -> tuple[bool, str]:
+    """Promote only if the candidate is not worse overall and no task drops by more than `margin`."""
+    cand, cur = _task_scores(candidate), _task_scores(current)
+    shared = sorted(set(cand) & set(cur))
+    if not shared:
+        return False, "no task was scored for both the candidate and the current adapter"
+    drops = {t: cur[t] - cand[t] for t in shared if cur[t] - cand[t] > margin}
+    mean_cand = sum(cand[t] for t in shared) / len(shared)
+    mean_cur = sum(cur[t] for t in shared) / len(shared)
+    if drops:
+        worst = max(drops, key=drops.get)
+        return False, f"{worst} dropped {drops[worst]:.3f} ({cur[worst]:.3f} -> {cand[worst]:.3f}), more than the margin {margin}"
+    if mean_cand < mean_cur:
+        return False, f"worse overall: {mean_cand:.3f} < {mean_cur:.3f}"
+    return True, f"overall {mean_cur:.3f} -> {mean_cand:.3f}; no task dropped more than {margin}"
+
+
+# ---- reports: results.json, a table, a PNG --------------------------------------------------------------
+def primary_name(task: dict) -> str:
+    return "macro-F1" if task["kind"] == "classification" else "token-F1"
+
+
+def table(results: Sequence[EvalResult]) -> str:
+    """Per task: each adapter's primary score (+ accuracy or EM), with the majority baseline beside classifiers."""
+    tasks = sorted({t for r in results for t in r.tasks})
+    head = ["task", "n", "metric"] + [r.adapter for r in results] + ["majority"]
+    lines = [head]
+    for task in tasks:
+        first = next(r.tasks[task] for r in results if task in r.tasks)
+        cls = first["kind"] == "classification"
+        second = "accuracy" if cls else "exact_match"
+        cells = [f"{r.tasks[task]['score']:.3f} / {r.tasks[task][second]:.3f}" if task in r.tasks else "-" for r in results]
+        maj = f"{first['majority_macro_f1']:.3f} / {first['majority_accuracy']:.3f}" if cls else "-"
+        lines.append([task, str(first["n"]), "macro-F1 / acc" if cls else "token-F1 / EM", *cells, maj])
+    for variant in sorted({v for r in results for v in r.retrieval}):
+        for k in RECALL_K:
+            r0 = next(r for r in results if variant in r.retrieval)
+            lines.append([f"retrieval ({variant})", str(r0.retrieval[variant]["n"]), f"recall@{k}",
+                          *[f"{r.retrieval[variant][f'recall@{k}']:.3f}" if variant in r.retrieval else "-" for r in results], "-"])
+    widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
+    fmt = lambda row: "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"  # noqa: E731
+    return "\n".join([fmt(lines[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, lines[1:])])
+
+
+def chart(results: Sequence[EvalResult], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({t for r in results for t in r.tasks})
+    width = 0.8 / max(1, len(results))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(tasks)), 4))
+    for i, r in enumerate(results):
+        xs = [j + i * width for j in range(len(tasks))]
+        ax.bar(xs, [r.tasks.get(t, {}).get("score", 0.0) for t in tasks], width, label=r.adapter)
+    for j, t in enumerate(tasks):
+        first = next(r.tasks[t] for r in results if t in r.tasks)
+        if first["kind"] == "classification":
+            ax.hlines(first["majority_macro_f1"], j - width / 2, j + width * (len(results) - 0.5), colors="k",
+                      linestyles="dashed", label="majority" if j == 0 else None)
+    ax.set_xticks([j + width * (len(results) - 1) / 2 for j in range(len(tasks))])
+    ax.set_xticklabels(tasks, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("macro-F1 (classification) / token-F1")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{results[0].domain}: base vs adapter")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def save_results(results: Sequence[EvalResult], out_dir: Path | None = None) -> tuple[Path, Path]:
+    out_dir = out_dir or REPORTS_DIR / results[0].domain
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for r in results:
+        (out_dir / f"eval_{r.adapter}.json").write_text(json.dumps(r.to_dict(), indent=1) + "\n")
+    summary = {r.adapter: {k: v for k, v in r.to_dict().items() if k != "items"} for r in results}
+    path = out_dir / "results.json"
+    path.write_text(json.dumps(summary, indent=1) + "\n")
+    return path, chart(results, out_dir / "eval.png")
+
+
+def trained_tasks(meta: Mapping) -> set[str]:
+    """Eval task names an adapter trained on (from meta.json's data.tasks)."""
+    trained = set((meta.get("data") or {}).get("tasks", {}))
+    return trained | {ev for ev, tr in TRAINED_AS.items() if tr in trained}
+
+
+def record_metrics(domain: Domain, result: EvalResult, base: EvalResult | None = None) -> None:
+    """Write an adapter's eval summary into its meta.json (atomically), for `domainbot adapters`."""
+    if result.adapter == "base":
+        return
+    path = domain.adapters_dir / result.adapter / "meta.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        meta = {}
+    summary = {t: {k: round(v, 4) if isinstance(v, float) else v for k, v in s.items()} for t, s in result.tasks.items()}
+    meta["metrics"] = {"overall": round(result.overall, 4), "tasks": summary, "retrieval": result.retrieval,
+                       "limit": result.limit, "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if base is not None:
+        meta["metrics"]["base"] = {t: round(s["score"], 4) for t, s in base.tasks.items()}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    tmp.replace(path)

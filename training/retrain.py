@@ -1,0 +1,365 @@
+"""`domainbot retrain <domain>`: incremental fine-tuning from feedback, behind an evaluation gate.
+
+1. Gather the feedback examples not yet in a promoted adapter (`bot.feedback_dataset`), mixed with a replay
+   sample of train.jsonl so the domain doesn't forget what it knew.
+2. Warm-start from the live adapter and train a few steps; export and verify the candidate as a new version
+   folder (`training.export.publish` stages it and renames it into place, so a crash leaves no half version).
+3. Evaluate the candidate and the live adapter on the same eval items; `training.evaluate.gate` decides.
+4. Promote atomically (`bot.adapters.promote`): the running bot sees the new `current` pointer on its next
+   request and hot-reloads. A rejected candidate stays on disk, never live, and the reason is recorded.
+
+The live adapter is never written: until the pointer moves, a crash anywhere leaves it as it was. One retrain
+per domain at a time (a file lock); a run left "running" by a dead process is marked failed by the next one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import random
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bot import adapters
+from bot import feedback_dataset as fd
+from bot.config import Settings
+from bot.domains import Domain, discover
+from bot.errors import UserFacingError
+from bot.store import Store
+
+LOCK_FILE = ".retrain.lock"
+
+
+class RetrainBusy(UserFacingError):
+    """Another retrain of the same domain is running."""
+
+
+@dataclass
+class RetrainConfig:
+    max_steps: int = 30  # training runs min(max_steps, epochs over the mixed examples) steps
+    epochs: float = 1.0
+    lr: float = 2e-4  # lower than a fresh run's: the warm-started adapter is already close
+    batch_size: int = 8
+    micro_batch: int = 4
+    replay_per_example: float = 3.0  # train.jsonl rows mixed in per feedback example
+    min_replay: int = 16
+    feedback_repeats: int = 2  # each feedback example is seen this many times per run
+    replay_tasks: tuple[str, ...] = ()  # empty: every task of the domain
+    eval_limit: int | None = 40  # eval items per task, the same items for candidate and current
+    eval_tasks: tuple[str, ...] = ()  # empty: every task
+    margin: float | None = None  # None: settings.gate_margin (0.01 = 1 point)
+    min_examples: int = 1
+    seed: int = 0
+    threads: int = 0
+    verify_with: int = 3  # examples whose llama.cpp vs transformers logits are compared on export
+    refit_router: bool = True
+
+
+@dataclass
+class RetrainOutcome:
+    domain: str
+    status: str  # promoted | rejected | failed | skipped
+    reason: str
+    run_id: int | None = None
+    current_version: str = "base"
+    candidate_version: str | None = None
+    live_version: str = "base"  # what `current` points at when the run ends
+    n_feedback: int = 0
+    n_replay: int = 0
+    example_ids: list[str] = field(default_factory=list)
+    metrics_current: dict = field(default_factory=dict)
+    metrics_candidate: dict = field(default_factory=dict)
+    router: dict = field(default_factory=dict)
+
+    @property
+    def promoted(self) -> bool:
+        return self.status == "promoted"
+
+
+# ---- eval results -> plain JSON ------------------------------------------------------------------------
+
+
+def summarize(result: Any) -> dict:
+    """{"overall": float, "tasks": {task: float}} from an EvalResult, for the store and the report."""
+    if isinstance(result, Mapping):
+        return {"overall": float(result["overall"]), "tasks": dict(result.get("tasks", {}))}
+    tasks = getattr(result, "tasks", {}) or {}
+    return {
+        "overall": float(result.overall),
+        "tasks": {name: _task_score(t) for name, t in tasks.items()},
+    }
+
+
+def _task_score(task: Any) -> float:
+    if isinstance(task, int | float):
+        return float(task)
+    for attr in ("score", "primary", "macro_f1", "accuracy", "f1"):
+        value = task.get(attr) if isinstance(task, Mapping) else getattr(task, attr, None)
+        if isinstance(value, int | float):
+            return float(value)
+    raise TypeError(f"cannot read a score from {task!r}")
+
+
+# ---- pieces --------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def domain_lock(domain: Domain) -> Iterator[None]:
+    domain.adapters_dir.mkdir(parents=True, exist_ok=True)
+    with open(domain.adapters_dir / LOCK_FILE, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RetrainBusy(f"a retrain of {domain.name} is already running") from None
+        yield
+
+
+def live_version(domain: Domain) -> str:
+    version = adapters.current(domain.adapters_dir)
+    return version.version if version else "base"
+
+
+def consumed_ids(store: Store, domain: str) -> set[str]:
+    """Feedback examples already inside a promoted adapter."""
+    return {
+        i for run in store.runs(domain) if run["status"] == "promoted" for i in run.get("example_ids") or []
+    }
+
+
+def attempted_ids(store: Store, domain: str) -> set[str]:
+    """Feedback examples any finished run has already tried (promoted, rejected or failed)."""
+    return {
+        i for run in store.runs(domain) if run["status"] != "running" for i in run.get("example_ids") or []
+    }
+
+
+def new_example_count(store: Store, domain: str) -> int:
+    """Usable feedback examples no run has tried yet: what the worker counts toward its threshold."""
+    seen = attempted_ids(store, domain)
+    return sum(1 for sid in fd.usable_source_ids(store, domain) if sid not in seen)
+
+
+def mark_abandoned(store: Store, domain: str) -> None:
+    """Runs still 'running' while we hold the domain lock belong to a process that died."""
+    for run in store.runs(domain):
+        if run["status"] == "running":
+            store.finish_run(run["id"], status="failed", reason="interrupted: the retrain process died")
+
+
+def mix(feedback: list, replay: list, repeats: int, seed: int) -> list:
+    examples = feedback * max(1, repeats) + replay
+    random.Random(seed).shuffle(examples)
+    return examples
+
+
+def replay_caps(domain: Domain, keep: tuple[str, ...]) -> dict[str, int]:
+    """task_caps for load_examples that drop every train.jsonl task not in `keep` (empty: keep all)."""
+    from training.dataset import load_rows
+
+    if not keep:
+        return {}
+    tasks = {row["task"] for _, row in load_rows(domain)}
+    unknown = set(keep) - tasks
+    if unknown:
+        raise UserFacingError(
+            f"{domain.name}'s train.jsonl has no task(s) {', '.join(sorted(unknown))}; it has {', '.join(sorted(tasks))}"
+        )
+    return {task: 0 for task in tasks - set(keep)}
+
+
+def warm_start_dir(domain: Domain, version: str) -> Path | None:
+    """The live adapter's PEFT weights when kept beside it, else its GGUF (export can read both)."""
+    if version == "base":
+        return None
+    folder = domain.adapters_dir / version
+    return folder / "peft" if (folder / "peft" / "adapter_config.json").is_file() else folder
+
+
+def train_candidate(
+    domain: Domain, examples: list, cfg: RetrainConfig, settings: Settings, *, warm_start: Path | None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> adapters.AdapterVersion:  # fmt: skip
+    """Train and publish a new, unpromoted version folder."""
+    from training.export import publish
+    from training.finetune import TrainConfig, served_gguf, train
+
+    tcfg = TrainConfig(
+        lr=cfg.lr, batch_size=cfg.batch_size, micro_batch=cfg.micro_batch, max_steps=cfg.max_steps, epochs=cfg.epochs,
+        warmup_steps=min(3, cfg.max_steps), seed=cfg.seed, threads=cfg.threads, warm_start=warm_start,
+    )  # fmt: skip
+    result = train(domain, tcfg, examples, settings=settings, on_step=on_step, resume=False)
+    return publish(
+        result, examples, adapters_dir=domain.adapters_dir, base_gguf=served_gguf(settings),
+        verify_with=cfg.verify_with, threads=cfg.threads, command=f"domainbot retrain {domain.name}",
+    )  # fmt: skip
+
+
+def judge(domain: Domain, candidate: str, current: str, cfg: RetrainConfig, settings: Settings,
+          answerer=None) -> tuple[bool, str, Any, Any]:  # fmt: skip
+    """Evaluate both adapters on the same items and apply the gate: (ok, reason, current, candidate results)."""
+    from training.evaluate import evaluate, gate
+
+    margin = settings.gate_margin if cfg.margin is None else cfg.margin
+    kwargs = {"limit": cfg.eval_limit, "tasks": list(cfg.eval_tasks) or None, "settings": settings,
+              "answerer": answerer, "with_retrieval": False}  # fmt: skip
+    cand = evaluate(domain, candidate, **kwargs)
+    cur = evaluate(domain, current, **kwargs)
+    ok, reason = gate(cand, cur, margin)
+    return ok, reason, cur, cand
+
+
+def note_verdict(version_dir: Path, ok: bool, reason: str) -> None:
+    """Write the gate's verdict into the candidate's meta.json, so `domainbot adapters` can show it."""
+    meta_path = version_dir / adapters.META_FILE
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        meta = {}
+    meta["gate"] = {"promoted": ok, "reason": reason}
+    tmp = meta_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    tmp.replace(meta_path)
+
+
+def refit_router(settings: Settings, store: Store, domains: Mapping[str, Domain], retriever=None) -> dict:
+    """Refit the router's examples and threshold from reroute picks; cached where the bot loads it."""
+    from bot.retrieval import Retriever
+    from bot.router import Router
+
+    extra = store.router_examples()
+    encode = (retriever or Retriever(settings)).embedder.encode
+    router = Router(domains, encode, cache_dir=settings.indexes_dir, extra_examples=extra)
+    return {
+        "threshold": round(router.fit.threshold, 4),
+        "extra_examples": {k: len(v) for k, v in extra.items()},
+    }
+
+
+# ---- the command ---------------------------------------------------------------------------------------
+
+
+def retrain(
+    domain_name: str, *, settings: Settings, store: Store, cfg: RetrainConfig | None = None,
+    answerer=None, on_step: Callable[[int, float], None] | None = None,
+) -> RetrainOutcome:  # fmt: skip
+    """Train, judge and maybe promote a new adapter for `domain_name` from its feedback. See the module doc.
+
+    `answerer` (optional) is the answering path the eval runs through; one is made from `settings` otherwise.
+    """
+    cfg = cfg or RetrainConfig()
+    discovery = discover(settings.domains_dir, settings.domain_allowlist)
+    domain = discovery.get(domain_name)
+    with domain_lock(domain):
+        mark_abandoned(store, domain.name)
+        current = live_version(domain)
+        out = RetrainOutcome(domain.name, "running", "", current_version=current, live_version=current)
+        out.run_id = store.start_run(domain.name, current_version=current, config=asdict(cfg))
+        with _answering(settings, answerer) as ans:
+            try:
+                _run(out, domain, list(discovery.domains), cfg, settings, store, ans, on_step)
+            except BaseException as exc:
+                out.status, out.reason = "failed", f"{type(exc).__name__}: {exc}"
+                _record(store, out)
+                raise
+            if cfg.refit_router and out.status != "skipped":
+                try:
+                    out.router = refit_router(settings, store, discovery.domains, ans.retriever)
+                except Exception as exc:  # the adapter verdict stands; routing keeps its previous fit
+                    out.router = {"error": f"{type(exc).__name__}: {exc}"}
+                config = {**asdict(cfg), "router": out.router}
+                store.finish_run(out.run_id, status=out.status, reason=out.reason, config=config)
+        out.live_version = live_version(domain)
+        return out
+
+
+class _LazyAnswerer:
+    """Builds the Answerer (model + embedder) only if the run gets past the cheap checks."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._real = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._real is None:
+            from bot.answer import Answerer
+
+            self._real = Answerer.from_settings(self.settings)
+        return getattr(self._real, name)
+
+    def close_if_built(self) -> None:
+        if self._real is not None:
+            self._real.close()
+
+
+@contextmanager
+def _answering(settings: Settings, answerer) -> Iterator[Any]:
+    if answerer is not None:
+        yield answerer
+        return
+    lazy = _LazyAnswerer(settings)
+    try:
+        yield lazy
+    finally:
+        lazy.close_if_built()
+
+
+def _run(out: RetrainOutcome, domain: Domain, names: list[str], cfg: RetrainConfig, settings: Settings,
+         store: Store, answerer, on_step) -> None:  # fmt: skip
+    from training.dataset import load_examples
+    from training.evaluate import record_metrics
+    from training.finetune import load_base, served_gguf, token_counter
+
+    consumed = consumed_ids(store, domain.name)
+    usable = [sid for sid in fd.usable_source_ids(store, domain.name) if sid not in consumed]
+    if len(usable) < cfg.min_examples:  # decided before loading anything heavy
+        out.status = "skipped"
+        out.reason = f"{len(usable)} new feedback example(s); need {cfg.min_examples}"
+        _record(store, out)
+        return
+    out.example_ids = usable  # what this run tries, even if it fails before training: the worker won't spin
+    count = token_counter(load_base(served_gguf(settings))[1])
+    lookup = fd.index_lookup(answerer.retriever, domain)
+    data = fd.build(store, domain, lookup=lookup, domain_names=names, budget=settings.prompt_budget, count=count,
+                    exclude=consumed)  # fmt: skip
+    out.n_feedback = len(data.examples)
+    out.example_ids = data.source_ids
+    if out.n_feedback < cfg.min_examples:
+        out.status = "skipped"
+        out.reason = (
+            f"{out.n_feedback} usable feedback example(s) after dropping stale ones; need {cfg.min_examples}"
+        )
+        _record(store, out)
+        return
+    n_replay = max(cfg.min_replay, round(cfg.replay_per_example * out.n_feedback))
+    replay = []
+    if n_replay:  # replay 0 only for experiments: a real run keeps the domain from forgetting
+        caps = replay_caps(domain, cfg.replay_tasks)
+        replay = load_examples(domain, max_examples=n_replay, seed=cfg.seed + out.run_id, task_caps=caps,
+                               settings=settings, count=count)  # fmt: skip
+    out.n_replay = len(replay)
+    examples = mix(data.examples, replay, cfg.feedback_repeats, cfg.seed + out.run_id)
+    candidate = train_candidate(domain, examples, cfg, settings,
+                                warm_start=warm_start_dir(domain, out.current_version), on_step=on_step)  # fmt: skip
+    out.candidate_version = candidate.version
+    ok, reason, current_result, candidate_result = judge(
+        domain, candidate.version, out.current_version, cfg, settings, answerer
+    )
+    out.metrics_current, out.metrics_candidate = summarize(current_result), summarize(candidate_result)
+    record_metrics(domain, candidate_result)
+    note_verdict(candidate.path, ok, reason)
+    if ok:
+        adapters.promote(domain.adapters_dir, candidate.version)
+    out.status, out.reason = ("promoted" if ok else "rejected"), reason
+    _record(store, out)
+
+
+def _record(store: Store, out: RetrainOutcome) -> None:
+    store.finish_run(
+        out.run_id, status=out.status, reason=out.reason, promoted=out.promoted,
+        candidate_version=out.candidate_version, n_feedback_examples=out.n_feedback, n_replay_examples=out.n_replay,
+        example_ids=out.example_ids, metrics_current=out.metrics_current or None,
+        metrics_candidate=out.metrics_candidate or None,
+    )  # fmt: skip
