@@ -67,6 +67,20 @@ class Answer:
         }
 
 
+def _stored_router_examples(settings: Settings) -> dict[str, list[str]]:
+    """Reroute picks logged by earlier runs; the router learns from them (an unreadable store is not fatal)."""
+    if not settings.db_path.exists():
+        return {}
+    try:
+        from bot.store import Store
+
+        with Store.from_settings(settings) as store:
+            return store.router_examples()
+    except Exception:  # noqa: BLE001 - routing still works from the manifests
+        log.warning("could not read router examples from %s", settings.db_path, exc_info=True)
+        return {}
+
+
 def citations_for(text: str, passages: Sequence[Passage]) -> list[Citation]:
     cited = {int(m) for m in _CITE.findall(text)}
     return [
@@ -94,7 +108,9 @@ class Answerer:
             log.error("domain %s not loaded: %s", folder, reason)
         from bot.backends import make_runtime  # embedded llama.cpp or an OpenAI-compatible server
 
-        return cls(settings, discovery, Retriever(settings), make_runtime(settings))
+        answerer = cls(settings, discovery, Retriever(settings), make_runtime(settings))
+        answerer._extra_router_examples = _stored_router_examples(settings)
+        return answerer
 
     # -------- routing
 
@@ -105,11 +121,21 @@ class Answerer:
                                   cache_dir=self.settings.indexes_dir, extra_examples=self._extra_router_examples)
         return self._router
 
-    def refit_router(self, extra_examples: dict[str, list[str]]) -> Router:
-        """Rebuild the router with extra examples (e.g. from reroute feedback)."""
+    def refit_router(self, extra_examples: dict[str, list[str]], background: bool = False) -> Router | None:
+        """Rebuild the router with extra examples (reroute feedback). In the background, the old router keeps
+        answering until the new one is fitted (a second or two), then they swap."""
         self._extra_router_examples = dict(extra_examples)
-        self._router = None
-        return self.router
+
+        def build() -> Router:
+            router = Router(self.discovery.domains, self.retriever.embedder.encode,
+                            cache_dir=self.settings.indexes_dir, extra_examples=self._extra_router_examples)
+            self._router = router
+            return router
+
+        if background:
+            threading.Thread(target=build, name="router-refit", daemon=True).start()
+            return None
+        return build()
 
     def domain(self, name: str) -> Domain:
         try:

@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bot.errors import UserFacingError  # noqa: E402
+
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
@@ -78,7 +80,7 @@ class Discovery:
             raise UnknownDomain(f"unknown domain {name!r}; known domains: {known}") from None
 
 
-class UnknownDomain(KeyError):
+class UnknownDomain(UserFacingError, KeyError):
     def __str__(self) -> str:  # KeyError quotes its message; we want it plain
         return str(self.args[0])
 

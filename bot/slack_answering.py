@@ -19,7 +19,7 @@ from slack_sdk.webhook import WebhookClient
 
 from bot import slack_blocks as blocks
 from bot.answer import Answer
-from bot.errors import UserFacingError
+from bot.errors import BackendUnavailable, UserFacingError
 from bot.exchange_log import exchange_fields
 from bot.policy import clean_question
 from bot.prompt import Turn
@@ -31,6 +31,8 @@ from bot.slack_text import history_turns
 
 log = logging.getLogger(__name__)
 
+BACKEND_DOWN = ("Sorry, I can't answer right now: the model server is not reachable. Your question is saved; "
+                "please ask again in a few minutes.")
 BUSY = "I'm answering a lot of questions right now. Please ask again in a minute. :hourglass_flowing_sand:"
 
 
@@ -96,16 +98,36 @@ class Reply:
 
 
 def answer(ctx: SlackContext, ask: Ask) -> None:
-    """The worker job. Never raises."""
+    """The worker job. Never raises; a question that could not be answered is still kept (kind "error")."""
     reply = Reply(ctx, ask)
+    started = time.perf_counter()
     try:
         _answer(ctx, ask, reply)
+    except BackendUnavailable as exc:  # the operator's message goes to the log; the user gets an apology
+        log.warning("inference backend unavailable: %s", exc)
+        _show_safely(reply, blocks.notice(f":warning: {BACKEND_DOWN}"))
+        _keep_question(ctx, ask, reply, BACKEND_DOWN, started)
     except UserFacingError as exc:
         _show_safely(reply, blocks.notice(f":warning: {str(exc)}"))
+        _keep_question(ctx, ask, reply, str(exc), started)
     except Exception:
         error_id = new_error_id()
         log.exception("answering failed [error %s] source=%s channel=%s", error_id, ask.source, ask.channel)
         _show_safely(reply, blocks.error_message(error_id))
+        _keep_question(ctx, ask, reply, f"error {error_id}", started)
+
+
+def _keep_question(ctx: SlackContext, ask: Ask, reply: Reply, why: str, started: float) -> None:
+    """Log the unanswered question (kind "error": never training data) so nothing the user asked is lost."""
+    try:
+        ctx.store.log_exchange(
+            source=f"slack:{ask.source}", question=ask.text, answer=why, domain=ask.domain, kind="error",
+            router_scores={}, chosen_by=ask.method or "none", citations=[], adapter="",
+            latency_ms=round((time.perf_counter() - started) * 1000, 1), channel=ask.channel, user=ask.user,
+            thread_ts=ask.thread_ts, message_ts=reply.ts, event_key=ask.event_key,
+        )
+    except Exception:  # the store itself failing: the log line is all that is left
+        log.exception("could not keep the unanswered question (source=%s channel=%s)", ask.source, ask.channel)
 
 
 def _show_safely(reply: Reply, message: blocks.Message) -> None:

@@ -15,6 +15,7 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from bot.answer import Answerer
 from bot.config import Settings
+from bot.domains import Domain
 from bot.ratelimit import RateLimiter
 from bot.store import Store
 
@@ -73,7 +74,7 @@ class SlackContext:
                    RateLimiter(settings.rate_limit_per_minute), workers or Workers(), listeners)
 
     @property
-    def domains(self) -> list:
+    def domains(self) -> list[Domain]:
         return list(self.answerer.discovery.domains.values())
 
     def domain_title(self, name: str) -> str:

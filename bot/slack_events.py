@@ -84,6 +84,7 @@ def on_pick(ctx: SlackContext, body: dict) -> None:
         ctx.whisper(channel, user, f"The {domain} assistant isn't available any more.", thread)
         return
     feedback.record(ctx, exchange_id, "reroute", domain, user=user, key=f"pick:{exchange_id}:{user}:{domain}")
+    ctx.answerer.refit_router(ctx.store.router_examples(), background=True)
     _close_picker(ctx, channel, container.get("message_ts"), ctx.domain_title(domain))
     submit(ctx, Ask(question, channel, user, f"pick:{exchange_id}:{domain}:{action.get('action_ts')}", "pick",
                     thread_ts=thread, history_ts=thread, domain=domain, method="button",

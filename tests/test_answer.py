@@ -96,3 +96,20 @@ def test_adapter_hot_reload_and_mismatch_falls_back_to_base(base_settings, built
     assert a.answer(q, max_tokens=4).adapter == "base"
     with pytest.raises(UserFacingError, match="no adapter 'v7'"):
         a.answer(q, adapter="v7")
+
+
+def test_router_learns_stored_reroutes(settings, runtime):
+    from bot.store import Store
+
+    with Store.from_settings(settings) as store:
+        xid = store.log_exchange(source="slack", question="quokka census numbers please", answer="", domain=None,
+                                 kind="abstain", router_scores={}, chosen_by="none", citations=[], adapter="",
+                                 latency_ms=1.0)
+        store.add_feedback(xid, "reroute", "finance", user="U1", event_key="pick:1")
+    a = Answerer.from_settings(settings)
+    try:
+        assert "quokka census numbers please" in a.router.extra.get("finance", [])
+        a.refit_router({"legal": ["quokka census numbers please"]})
+        assert a.router.extra == {"legal": ["quokka census numbers please"]}
+    finally:
+        a.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from pathlib import Path
 
 from bot import adapters as store
@@ -94,6 +93,19 @@ def train_config(args: argparse.Namespace):
     return cfg
 
 
+def train_command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this run (recorded in meta.json)."""
+    flags = {"max_steps": "--max-steps", "max_examples": "--max-examples", "epochs": "--epochs", "rank": "--rank",
+             "alpha": "--alpha", "lr": "--lr", "batch_size": "--batch-size", "base_model": "--base-model",
+             "warm_start": "--warm-start", "merged": "--merged"}
+    parts = ["domainbot", "train", args.domain]
+    parts += [f"--extra-file {shlex.quote(f)}" for f in args.extra_file] + [f"--cap {c}" for c in args.cap]
+    parts += [f"{flag} {shlex.quote(str(getattr(args, k)))}" for k, flag in flags.items() if getattr(args, k) is not None]
+    parts += [f"--seed {args.seed}", f"--threads {args.threads}"]
+    parts += [flag for k, flag in (("no_bf16", "--no-bf16"), ("no_peft", "--no-peft"), ("promote", "--promote")) if getattr(args, k)]
+    return " ".join(parts)
+
+
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from training.dataset import load_examples
     from training.export import publish
@@ -110,7 +122,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     result = train(domain, cfg, examples, settings=settings, resume=not args.fresh)
     print(f"trained {result.steps} steps in {result.seconds:.0f}s: {result.tokens_per_s:.0f} tokens/s, "
           f"final loss {result.final_loss:.3f} ({result.device})")
-    command = "domainbot " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["train"] else None
+    command = train_command(args)
     version = publish(result, examples, adapters_dir=domain.adapters_dir, base_gguf=base, keep_peft=not args.no_peft,
                       threads=cfg.threads, command=command, merged=args.merged)
     report = version.meta.get("verify", {})

@@ -254,7 +254,8 @@ def _ask(answerer, domain: Domain, row: dict, adapter: str, titles: Mapping[str,
     kind = task_kind(domain, row["task"], row)
     max_tokens = TASK_MAX_TOKENS.get(row["task"], MAX_TOKENS.get(kind, 64))
     answer = answerer.answer(question, domain=domain.name, adapter=adapter, passages=passages, max_tokens=max_tokens)
-    if adapter != "base" and answer.adapter != adapter:
+    # Policy replies (an emergency redirect, a refusal) run no model; they are scored like any other output.
+    if adapter != "base" and answer.kind == "answer" and answer.adapter != adapter:
         raise UserFacingError(f"the runtime refused adapter {adapter} for {domain.name}: {' '.join(answer.notes)}")
     return {"id": row["id"], "task": row["task"], "gold": row["answer"], "output": answer.text, "kind": answer.kind,
             "total_s": round(answer.timings.get("total_s", 0.0), 3)}

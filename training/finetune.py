@@ -329,7 +329,6 @@ def train(
 ) -> TrainResult:
     """Train a LoRA for `domain` and save the PEFT weights to `out_dir` (default: the run folder /peft)."""
     import torch
-    from tqdm import tqdm
 
     cfg = cfg or TrainConfig()
     settings = settings or load_settings()
@@ -358,9 +357,22 @@ def train(
     key = hashlib.sha256(f"{cfg.key()}|{dhash}|{file_hash(base_path)}".encode()).hexdigest()[:12]
     run_dir = Path(runs_dir or os.environ.get("DOMAINBOT_RUNS_DIR") or RUNS_DIR) / domain.name / key
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = run_dir / "checkpoint.pt"
 
     model = lora_model(base, cfg).to(device)
+    try:
+        return _loop(domain, cfg, model, examples, encoded, tokenizer, base_path, run_dir, key, dhash, total,
+                     steps_per_epoch, device, resume, on_step, progress, out_dir)
+    except BaseException:
+        _unwrap(model)  # the cached base model stays clean for the next run in this process
+        raise
+
+
+def _loop(domain, cfg, model, examples, encoded, tokenizer, base_path, run_dir, key, dhash, total, steps_per_epoch,
+          device, resume, on_step, progress, out_dir) -> TrainResult:
+    import torch
+    from tqdm import tqdm
+
+    ckpt_path = run_dir / "checkpoint.pt"
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     state = load_checkpoint(ckpt_path, key) if resume else None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import json
 import random
+import shutil
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -191,10 +192,14 @@ def train_candidate(
         warmup_steps=min(3, cfg.max_steps), seed=cfg.seed, threads=cfg.threads, warm_start=warm_start,
     )  # fmt: skip
     result = train(domain, tcfg, examples, settings=settings, on_step=on_step, resume=False)
-    return publish(
+    version = publish(
         result, examples, adapters_dir=domain.adapters_dir, base_gguf=served_gguf(settings),
         verify_with=cfg.verify_with, threads=cfg.threads, command=f"domainbot retrain {domain.name}",
     )  # fmt: skip
+    # A retrain never resumes and publish keeps the PEFT weights in vN/peft, so the run's 30 MB checkpoint
+    # folder is clutter once published (a failed export keeps it: its message points at the rejected file).
+    shutil.rmtree(result.run_dir, ignore_errors=True)
+    return version
 
 
 def judge(domain: Domain, candidate: str, current: str, cfg: RetrainConfig, settings: Settings,

@@ -2,9 +2,15 @@
 server, a v0 request signer, and payload builders shaped like Slack's documented examples.
 
     with FakeSlack() as slack:
-        settings = settings.with_(slack_api_url=slack.api_url, slack_bot_token=BOT_TOKEN, ...)
-        status, _ = post_event(bot_url, app_mention("<@UBOT> what is hearsay?"), SECRET)
+        s = settings.with_(slack_api_url=slack.api_url, slack_bot_token=BOT_TOKEN,
+                           slack_signing_secret=SIGNING_SECRET)
+        app, ctx = bot.slack_app.build(s, answerer, Store.from_settings(s))
+        server = bot.slack_ingress.start_http(app, SIGNING_SECRET, host="127.0.0.1", port=0)
+        ts = slack.add_message(CHANNEL, "<@UBOT> legal: what is hearsay?")  # so conversations.replies knows it
+        status, _ = post_event(server.url, app_mention("<@UBOT> legal: what is hearsay?", ts=ts))
         slack.wait_for(lambda: slack.calls("chat.update"), what="the answer")
+
+tests/test_slack_app.py shows every flow (threads, /ask, buttons, reactions, Socket Mode).
 
 Nothing here talks to the internet; every server binds 127.0.0.1 on a free port.
 """
