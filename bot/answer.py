@@ -268,9 +268,14 @@ def render_text(answer: Answer, *, with_sources: bool = True) -> str:
     return "\n\n".join(parts)
 
 
-def warm_up(answerer: Answerer) -> None:
-    """Load the embedder, router, every index and the model's first decode before the first user waits."""
+def warm_indexes(answerer: Answerer) -> None:
+    """Fit the router and build or load every index, so the first question isn't the slow one."""
     answerer.router  # noqa: B018 - property with side effects
     for d in answerer.discovery.domains.values():
         answerer.retriever.load(d)
+
+
+def warm_up(answerer: Answerer) -> None:
+    """warm_indexes, plus the model's first decode before the first user waits."""
+    warm_indexes(answerer)
     answerer.runtime.generate([{"role": "user", "content": "hi"}], max_tokens=1)

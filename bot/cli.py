@@ -66,3 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             f.write(f"--- error {error_id}\n{traceback.format_exc()}\n")
         print(f"domainbot: internal error {error_id}; details in {log_path}", file=sys.stderr)
         return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

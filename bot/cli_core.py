@@ -42,8 +42,7 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
     else:
         if stream and answer.kind == "answer":
-            print("\n")
-            print(render_text(answer).split("\n\n", 1)[1] if "\n\n" in render_text(answer) else "")
+            print("\n\n" + after_streamed_text(render_text(answer)))
         else:
             print(render_text(answer))
     return 0
@@ -139,8 +138,7 @@ def cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
             continue
         _log(settings, answer, line, "cli")
         if answer.kind == "answer":
-            rest = render_text(answer).split("\n\n", 1)
-            print("\n\n" + (rest[1] if len(rest) > 1 else ""))
+            print("\n\n" + after_streamed_text(render_text(answer)))
             thread_domain = answer.domain
             history += [Turn("user", line), Turn("assistant", answer.text)]
         else:
@@ -263,3 +261,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_bench)
 
 
+def after_streamed_text(rendered: str) -> str:
+    """What follows the answer text once it has streamed: the sources and the disclaimer."""
+    return rendered.split("\n\n", 1)[1] if "\n\n" in rendered else ""

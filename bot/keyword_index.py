@@ -51,11 +51,20 @@ class BM25:
         values = idf[col_idx] * tf * (k1 + 1) / norm
         self.weights = sparse.csc_matrix((values, (row_idx, col_idx)), shape=(self.n, n_terms), dtype=np.float32)
 
-    def search(self, query: str, k: int = 20) -> list[tuple[int, float]]:
+    def df(self, term: str) -> int:
+        """How many texts hold the term."""
+        col = self.vocab.get(term)
+        return 0 if col is None else int(self.weights.indptr[col + 1] - self.weights.indptr[col])
+
+    def scores(self, query: str) -> np.ndarray:
+        """Every text's score for the query (zeros when no query term is known)."""
         ids = [self.vocab[t] for t in set(terms(query)) if t in self.vocab]
         if not ids or self.n == 0:
-            return []
-        scores = np.asarray(self.weights[:, ids].sum(axis=1)).ravel()
+            return np.zeros(self.n, dtype=np.float32)
+        return np.asarray(self.weights[:, ids].sum(axis=1)).ravel()
+
+    def search(self, query: str, k: int = 20) -> list[tuple[int, float]]:
+        scores = self.scores(query)
         k = min(k, int(np.count_nonzero(scores)))
         if k == 0:
             return []

@@ -27,13 +27,15 @@ from bot.config import Settings
 from bot.domains import Domain
 from bot.embeddings import Embedder, get_embedder
 from bot.errors import IndexError_
-from bot.keyword_index import BM25
+from bot.keyword_index import BM25, terms
 from bot.prompt import Passage
 
 log = logging.getLogger(__name__)
 
 INDEX_FORMAT = 2
 RRF_K = 60
+NAMED_SHARE = 0.8  # a chunk's title matches the question's name if it scores this share of the best title
+NAMED_MAX_CHUNKS = 40  # more matches than this is a topic word (e.g. "agreement"), not a name
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,22 @@ class LoadedIndex:
     keywords: BM25
     manifest: dict
     store: object = None  # langchain FAISS vector store over the same index
+    titles: BM25 | None = None  # over titles (and contract file names) alone: finds a source the question names
+
+    def named(self, query: str) -> list[int]:
+        """Chunks of the source(s) the question names, if it names few enough to be a name and not a topic."""
+        if self.titles is None:
+            return []
+        # a name is rare everywhere; a topic word ("revenue") fills texts even where it is rare in titles
+        rare = [t for t in set(terms(query)) if t in self.titles.vocab and self.keywords.df(t) <= NAMED_MAX_CHUNKS]
+        if not rare:
+            return []
+        scores = self.titles.scores(" ".join(rare))
+        top = float(scores.max()) if len(scores) else 0.0
+        if top <= 0.0:
+            return []
+        hits = np.flatnonzero(scores >= NAMED_SHARE * top)
+        return [int(i) for i in hits] if len(hits) <= NAMED_MAX_CHUNKS else []
 
     def dense(self, qvec: np.ndarray, k: int) -> list[tuple[int, float]]:
         scores, ids = self.vectors.search(qvec.reshape(1, -1).astype(np.float32), k)
@@ -319,13 +337,15 @@ class Retriever:
                     r = json.loads(line)
                     chunks.append(Passage(r["chunk_id"], r["title"], r["text"], 0.0, r["doc_id"], r.get("meta", {})))
             keywords = BM25([f"{c.title} {c.metadata.get('contract_file', '')} {c.text}" for c in chunks])
-            loaded = LoadedIndex(domain.name, chunks, vectors, keywords, manifest)
+            titles = BM25([f"{c.title} {c.metadata.get('contract_file', '')}" for c in chunks])
+            loaded = LoadedIndex(domain.name, chunks, vectors, keywords, manifest, titles=titles)
             loaded.store = _as_langchain(loaded, self.embedder)
             self._loaded[domain.name] = loaded
             return loaded
 
     def search(self, domain: Domain, query: str, k: int | None = None, min_score: float | None = None) -> list[Passage]:
-        """Hybrid search: dense (MiniLM + FAISS) fused with BM25 by reciprocal rank."""
+        """Hybrid search: dense (MiniLM + FAISS) fused with BM25 by reciprocal rank, plus, when the question names
+        a source (a contract, a company), that source's chunks ranked by meaning as a third list."""
         k = k or domain.top_k
         floor = domain.min_score if min_score is None else min_score
         loaded = self.load(domain)
@@ -338,6 +358,11 @@ class Retriever:
         for rank, (i, _) in enumerate(dense):
             fused[i] = fused.get(i, 0.0) + 1.0 / (RRF_K + rank)
         for rank, (i, _) in enumerate(lexical):
+            fused[i] = fused.get(i, 0.0) + 1.0 / (RRF_K + rank)
+        named = loaded.named(query)
+        for i in named:
+            cosine.setdefault(i, float(np.dot(qvec, loaded.vectors.reconstruct(i))))
+        for rank, i in enumerate(sorted(named, key=lambda i: -cosine[i])):
             fused[i] = fused.get(i, 0.0) + 1.0 / (RRF_K + rank)
         ranked = sorted(fused, key=lambda i: -fused[i])
         out: list[Passage] = []

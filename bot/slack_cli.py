@@ -74,13 +74,6 @@ def _serve_socket(app, settings: Settings, host: str) -> None:
 RUNNERS = {"http": _serve_http, "socket": _serve_socket}
 
 
-def _warm_up(answerer) -> None:
-    """Build missing indexes and fit the router now, so the first question isn't the slow one."""
-    for domain in answerer.discovery.domains.values():
-        answerer.retriever.ensure_index(domain)
-    answerer.router  # noqa: B018 - the property builds the router
-
-
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     missing = missing_settings(settings, args.mode)
     if missing:
@@ -88,14 +81,14 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     if args.port is not None:
         settings = settings.with_(port=args.port)
-    from bot.answer import Answerer
+    from bot.answer import Answerer, warm_indexes
     from bot.slack_app import build
     from bot.store import Store
 
     answerer = Answerer.from_settings(settings)
     store = Store.from_settings(settings)
     try:
-        _warm_up(answerer)
+        warm_indexes(answerer)  # not the model: a remote backend may still be starting
         app, ctx = build(settings, answerer, store)
         try:
             RUNNERS[args.mode](app, settings, args.host)

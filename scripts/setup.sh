@@ -17,7 +17,20 @@ WHEELS="$CACHE_ROOT/$(printf '%s' "$LLAMA_VERSION $LLAMA_CMAKE_ARGS" | sha256sum
 
 stamp="$VENV/.domainbot-setup"
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-$(printf '%s' "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-8)
+# Git ships each adapter as adapter.gguf (llama.cpp); vLLM loads PEFT safetensors, rebuilt from it once (~30 s).
+ensure_peft() {
+  for d in domains/*/adapters; do
+    live=$(cat "$d/current" 2>/dev/null) || continue
+    if [ -f "$d/$live/adapter.gguf" ] && [ ! -d "$d/$live/peft" ]; then
+      echo "==> writing the PEFT copies of the live adapters (for vLLM)"
+      HF_HUB_OFFLINE=1 "$VENV/bin/domainbot" adapters export all --format peft --write-peft >/dev/null
+      return
+    fi
+  done
+}
+
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VENV/bin/domainbot" ]; then
+  ensure_peft
   exit 0
 fi
 
@@ -49,3 +62,4 @@ rt.close()
 print(f"==> llama.cpp OK: {rt.model_path.name} decoded {out.completion_tokens} tokens")
 PY
 echo "$want" > "$stamp"
+ensure_peft

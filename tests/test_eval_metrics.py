@@ -104,6 +104,8 @@ def test_gate_accepts_better_and_rejects_a_task_drop_or_worse_overall():
 
 def test_contract_names_for_the_named_retrieval_variant():
     assert contract_name("ADAMSGOLFINC_03_21_2005-EX-10.17-ENDORSEMENT AGREEMENT.PDF") == "ADAMSGOLFINC ENDORSEMENT AGREEMENT"
+    edgar = "CerenceInc_20191002_8-K_EX-10.4_11827494_EX-10.4_Intellectual Property Agreement.pdf"
+    assert contract_name(edgar) == "CerenceInc Intellectual Property Agreement"
     p = Passage("c#0", "X — clause", "t", metadata={"contract_file": "ACME_01_01_2001-EX-10.1-SUPPLY AGREEMENT.PDF"})
     assert named_question("Is there a cap?", p) == "ACME SUPPLY AGREEMENT: Is there a cap?"
     assert named_question("Q?", Passage("d#0", "Annual report: Revenue", "t")) == "Annual report: Revenue: Q?"
@@ -137,3 +139,14 @@ def test_saved_base_results_are_reused_only_for_the_same_setup(tmp_path):
     assert cached(domain, "base", settings, 5, None, tmp_path).tasks["t"]["score"] == 1.0
     assert cached(domain, "base", settings, 6, None, tmp_path) is None  # another limit
     assert cached(domain, "base", settings.with_(prompt_budget=500), 5, None, tmp_path) is None  # another prompt
+
+
+def test_evidence_rows_skip_the_label_whose_passage_does_not_answer():
+    from types import SimpleNamespace
+
+    from training.evaluate import holds_evidence
+
+    legal = SimpleNamespace(tasks={"cuad_yes_no": {"evidence_when": "Yes"}})
+    assert holds_evidence(legal, {"task": "cuad_yes_no", "answer": "Yes"})
+    assert not holds_evidence(legal, {"task": "cuad_yes_no", "answer": "No"})
+    assert holds_evidence(legal, {"task": "cuad_extract", "answer": "30 days"})

@@ -211,3 +211,36 @@ def test_verification_prompts_cover_every_task():
     picked = export.pick_for_verify(examples, 4)
     assert {e.task for e in picked} == {"tfns", "tatqa", "other"} and len(picked) == 4
     assert all(len(e.answer) <= 2 for e in picked)  # the shortest of each task first
+
+
+def test_train_elsewhere_then_publish_here(trained, capsys):
+    """`train --no-publish` (a GPU box without llama.cpp) leaves result.json + peft/; `publish` exports, verifies
+    and versions it here, and refuses runs this host can't reproduce."""
+    from bot.cli import main
+
+    args = [a for a in TRAIN_ARGS if a != "--promote"] + ["--seed", "5", "--no-publish"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    run = next(p.parent for p in (trained / "runs" / "finance").glob("*/result.json"))
+    assert f"domainbot publish finance {run}" in out
+    adapters_dir = trained / "domains" / "finance" / "adapters"
+    before = [v.version for v in store.versions(adapters_dir)]
+
+    saved = json.loads((run / "result.json").read_text())
+    for field, value, message in (("base_hash", "f" * 64, "trained on a base model with sha256 ffffffffffff"),
+                                  ("data_hash", "0" * 16, "training data changed"),
+                                  ("domain", "legal", "is a run of 'legal', not 'finance'")):
+        (run / "result.json").write_text(json.dumps({**saved, field: value}))
+        assert main(["publish", "finance", str(run)]) == 2
+        assert message in capsys.readouterr().err
+    (run / "result.json").write_text(json.dumps(saved))
+    assert main(["publish", "finance", str(trained / "runs")]) == 2
+    assert "no result.json" in capsys.readouterr().err
+    assert [v.version for v in store.versions(adapters_dir)] == before
+
+    assert main(["publish", "finance", str(run), "--threads", "2"]) == 0
+    new = store.versions(adapters_dir)[-1]
+    assert new.version not in before and new.meta["verify"]["ok"]
+    assert new.meta["command"].endswith("--seed 5 --threads 2")
+    assert new.meta["train"]["steps"] == 2 and store.current(adapters_dir).version == "v1"
+    shutil.rmtree(new.path)

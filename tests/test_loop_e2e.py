@@ -37,24 +37,11 @@ from bot.testing.slack_kit import (
     reaction,
     view_submission,
 )  # fmt: skip
+from bot.testing.workspace import linked_workspace
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 TWEET = "What is the sentiment of this tweet: $AAPL beats earnings estimates, shares jump 5%"
-
-
-def linked_workspace(tmp: Path, indexes: Path) -> tuple[Path, Path]:
-    """Domains linked file by file (own adapters/ folders) and the shared built indexes (own router cache)."""
-    domains, idx = tmp / "domains", tmp / "indexes"
-    for src in (ROOT / "domains").iterdir():
-        if (src / "domain.toml").is_file():
-            (domains / src.name).mkdir(parents=True)
-            for item in src.iterdir():
-                if item.name != "adapters":
-                    (domains / src.name / item.name).symlink_to(item)
-            idx.mkdir(exist_ok=True)
-            (idx / src.name).symlink_to(indexes / src.name)
-    return domains, idx
 
 
 class LiveBot:

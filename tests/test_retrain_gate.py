@@ -23,6 +23,7 @@ from bot.answer import Answerer
 from bot.domains import discover
 from bot.retrieval import Retriever
 from bot.store import Store
+from bot.testing.workspace import linked_workspace
 from bot.testing_lora import write_lora
 from training import retrain as rt
 from training.dataset import read_jsonl, user_text
@@ -30,20 +31,6 @@ from training.dataset import read_jsonl, user_text
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 TASK = "tfns_sentiment"
-
-
-def linked_workspace(tmp: Path, indexes: Path) -> tuple[Path, Path]:
-    """Domains linked file by file (own adapters/ folders) and the shared built indexes (own router cache)."""
-    domains, idx = tmp / "domains", tmp / "indexes"
-    for src in (ROOT / "domains").iterdir():
-        if (src / "domain.toml").is_file():
-            (domains / src.name).mkdir(parents=True)
-            for item in src.iterdir():
-                if item.name != "adapters":
-                    (domains / src.name / item.name).symlink_to(item)
-            idx.mkdir(exist_ok=True)
-            (idx / src.name).symlink_to(indexes / src.name)
-    return domains, idx
 
 
 @pytest.fixture

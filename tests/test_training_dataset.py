@@ -134,3 +134,19 @@ def test_served_phrasing_teaches_the_eval_wording_too():
     assert any(u.startswith("Answer the research question with yes, no or maybe") for u in users)
     assert any(not u.startswith("Answer the research question") for u in users)
     assert all(e.task == "pubmedqa_reasoning" for e in examples)
+
+
+def test_balance_gives_every_answer_label_the_same_rows():
+    from collections import Counter
+
+    from training.dataset import DatasetError, answer_label, load_examples
+
+    examples = load_examples("finance", task_caps={"tfns_sentiment": 90, "tatqa_hybrid_qa": 6}, seed=2,
+                             balance=("tfns_sentiment",))
+    labels = Counter(e.answer for e in examples if e.task == "tfns_sentiment")
+    assert labels == {"Bearish": 30, "Bullish": 30, "Neutral": 30}
+    assert sum(e.task == "tatqa_hybrid_qa" for e in examples) == 6
+    assert answer_label({"output": "Yes. Based on the abstract..."}) == "yes"
+    with pytest.raises(DatasetError, match="--balance names task.*nope"):
+        load_examples("finance", balance=("nope",))
+

@@ -147,3 +147,56 @@ def test_warm_start_from_an_adapter_of_another_base_is_refused(tiny_base, tiny_e
         train("finance", _cfg(tiny_base, warm_start=folder), tiny_examples, runs_dir=tmp_path, progress=False)
     base, _ = finetune.load_base(tiny_base)
     assert not any("lora_" in n for n, _ in base.named_parameters())  # the cached base was left clean
+
+
+_LAUNCHED = """
+import json, sys
+from pathlib import Path
+from training.dataset import load_examples
+from training.finetune import TrainConfig, train
+
+base, out = Path(sys.argv[1]), Path(sys.argv[2])
+examples = load_examples("finance", max_examples=12, task_caps={"tatqa_hybrid_qa": 0}, seed=1)
+cfg = TrainConfig(base_model=base, batch_size=4, max_steps=3, lr=5e-3, warmup_steps=1, threads=1, bf16=False,
+                  epochs=3, device="cpu")
+r = train("finance", cfg, examples, runs_dir=out / "runs", out_dir=out / "peft", progress=False)
+if r.rank == 0:
+    (out / "result.json").write_text(json.dumps({"world": r.world, "losses": r.losses}))
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_accelerate_launch_on_two_processes_takes_the_single_process_steps(tiny_base, tiny_examples, tmp_path):
+    """Two processes as `accelerate launch --multi_gpu` starts them (torchrun; gloo on CPU here, NCCL on GPUs): each process takes half of every batch and the
+    summed gradients make the same update, so the LoRA weights match one process's run."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    script = tmp_path / "launched.py"
+    script.write_text(_LAUNCHED)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           str(script), str(tiny_base), str(tmp_path / "dp")]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    launched = json.loads((tmp_path / "dp" / "result.json").read_text())
+    assert launched["world"] == 2
+
+    single = train("finance", _cfg(tiny_base, max_steps=3, device="cpu"), tiny_examples, runs_dir=tmp_path / "one",
+                   out_dir=tmp_path / "one" / "peft", progress=False)
+    assert launched["losses"] == pytest.approx(single.losses, rel=1e-4)
+    a = load_file(tmp_path / "dp" / "peft" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "one" / "peft" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and len(a) > 0
+    for k in a:
+        assert (a[k] - b[k]).abs().max().item() < 1e-5, k

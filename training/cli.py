@@ -29,13 +29,25 @@ def register(sub) -> None:
                    help="more training rows, relative to the domain folder (e.g. train_tfns_full.jsonl)")
     p.add_argument("--cap", action="append", default=[], metavar="TASK=N",
                    help="resize a task to N rows: a seeded sample, or repeats when N is larger")
+    p.add_argument("--balance", action="append", default=[], metavar="TASK",
+                   help="resample TASK to the same number of rows per answer label (after --cap)")
     p.add_argument("--base-model", type=Path, help="a GGUF or HF model dir (default: the served GGUF)")
     p.add_argument("--warm-start", type=Path, help="a PEFT dir or an adapter version folder to start from")
     p.add_argument("--fresh", action="store_true", help="ignore a checkpoint of the same run instead of resuming")
     p.add_argument("--merged", choices=("q8_0", "q4_k_m"), help="also write a standalone merged GGUF")
     p.add_argument("--no-peft", action="store_true", help="keep only adapter.gguf + meta.json in the version folder")
     p.add_argument("--promote", action="store_true", help="make the new version live after it verifies")
+    p.add_argument("--no-publish", action="store_true",
+                   help="stop after training and write the run's result.json (publish later with `domainbot publish`, "
+                        "e.g. when the GPU box has no llama.cpp)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("publish", help="export, verify and version a run trained with --no-publish")
+    p.add_argument("domain")
+    p.add_argument("run", type=Path, help="the run folder (holds result.json and peft/)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for the llama.cpp check (0: all cores)")
+    p.add_argument("--promote", action="store_true", help="make the new version live after it verifies")
+    p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("eval", help="score the base model and/or an adapter on the domain's eval.jsonl")
     p.add_argument("domain")
@@ -44,6 +56,7 @@ def register(sub) -> None:
     p.add_argument("--tasks", nargs="*", help="only these eval tasks")
     p.add_argument("--no-compare", action="store_true", help="do not also evaluate the base model")
     p.add_argument("--out", type=Path, help="report folder (default: reports/<domain>)")
+    p.add_argument("--retrieval-only", action="store_true", help="only recall@k of the retriever (no model; seconds)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("adapters", help="list a domain's adapter versions with their metrics; "
@@ -86,6 +99,7 @@ def train_config(args: argparse.Namespace):
 
     cfg = TrainConfig(seed=args.seed, threads=args.threads, device=args.device, bf16=not args.no_bf16,
                       max_steps=args.max_steps, max_examples=args.max_examples, task_caps=parse_caps(args.cap),
+                      task_balance=tuple(args.balance),
                       extra_files=tuple(args.extra_file), base_model=args.base_model, warm_start=args.warm_start)
     for name in ("epochs", "rank", "alpha", "lr", "batch_size"):
         if getattr(args, name) is not None:
@@ -100,6 +114,7 @@ def train_command(args: argparse.Namespace) -> str:
              "warm_start": "--warm-start", "merged": "--merged"}
     parts = ["domainbot", "train", args.domain]
     parts += [f"--extra-file {shlex.quote(f)}" for f in args.extra_file] + [f"--cap {c}" for c in args.cap]
+    parts += [f"--balance {t}" for t in args.balance]
     parts += [f"{flag} {shlex.quote(str(getattr(args, k)))}" for k, flag in flags.items() if getattr(args, k) is not None]
     parts += [f"--seed {args.seed}", f"--threads {args.threads}"]
     parts += [flag for k, flag in (("no_bf16", "--no-bf16"), ("no_peft", "--no-peft"), ("promote", "--promote")) if getattr(args, k)]
@@ -110,6 +125,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from training.dataset import load_examples
     from training.export import publish
     from training.finetune import load_base, served_gguf, token_counter, train
+    from training.runs import save_run
 
     domain = _domain(args.domain, settings)
     cfg = train_config(args)
@@ -117,23 +133,46 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     if base.suffix != ".gguf":
         raise UserFacingError("export needs the served GGUF as the base; train on an HF model with the Python API")
     examples = load_examples(domain, max_examples=cfg.max_examples, seed=cfg.seed, extra_files=cfg.extra_files,
-                             task_caps=cfg.task_caps, settings=settings, count=token_counter(load_base(base)[1]))
+                             task_caps=cfg.task_caps, settings=settings, count=token_counter(load_base(base)[1]),
+                             balance=cfg.task_balance)
     print(f"{domain.name}: {len(examples)} examples, rank {cfg.rank}, lr {cfg.lr}, batch {cfg.batch_size}, seed {cfg.seed}")
     result = train(domain, cfg, examples, settings=settings, resume=not args.fresh)
-    print(f"trained {result.steps} steps in {result.seconds:.0f}s: {result.tokens_per_s:.0f} tokens/s, "
-          f"final loss {result.final_loss:.3f} ({result.device})")
+    if result.rank:  # under `accelerate launch`: rank 0 exports, verifies and publishes
+        return 0
     command = train_command(args)
+    if args.no_publish:
+        saved = save_run(result, command)
+        print(f"saved {saved}; publish it with: domainbot publish {domain.name} {result.run_dir}")
+        return 0
+    print(f"trained {result.steps} steps in {result.seconds:.0f}s: {result.tokens_per_s:.0f} tokens/s, "
+          f"final loss {result.final_loss:.3f} ({result.device}"
+          f"{f' x {result.world} processes' if result.world > 1 else ''})")
     version = publish(result, examples, adapters_dir=domain.adapters_dir, base_gguf=base, keep_peft=not args.no_peft,
                       threads=cfg.threads, command=command, merged=args.merged)
+    _published(domain.name, version, args.promote)
+    return 0
+
+
+def _published(domain: str, version, promote: bool) -> None:
     report = version.meta.get("verify", {})
     print(f"exported {version.gguf} ({version.gguf.stat().st_size / 1e6:.1f} MB); verified: llama.cpp and "
           f"transformers agree on {report.get('agreement', 0):.1%} of top-1 tokens")
-    if args.promote:
-        store.promote(domain.adapters_dir, version.version)
-        print(f"{domain.name}: {version.version} is now live")
+    if promote:
+        store.promote(version.path.parent, version.version)
+        print(f"{domain}: {version.version} is now live")
     else:
-        print(f"next: domainbot eval {domain.name} --adapter {version.version}; "
-              f"domainbot promote {domain.name} {version.version}")
+        print(f"next: domainbot eval {domain} --adapter {version.version}; domainbot promote {domain} {version.version}")
+
+
+def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
+    from training.export import publish
+    from training.runs import load_run
+
+    domain = _domain(args.domain, settings)
+    result, examples, command = load_run(args.run, domain, settings)
+    version = publish(result, examples, adapters_dir=domain.adapters_dir, base_gguf=Path(result.base_model),
+                      threads=args.threads, command=command)
+    _published(domain.name, version, args.promote)
     return 0
 
 
@@ -142,6 +181,11 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     from training.evaluate import cached, evaluate, record_metrics, save_results, table
 
     domain = _domain(args.domain, settings)
+    if args.retrieval_only:
+        from training.evaluate import retrieval_only
+
+        print(table([retrieval_only(domain, settings)]))
+        return 0
     wanted = args.adapter or "current"
     answerer = Answerer.from_settings(settings)
     try:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterable, Sequence
+import re
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,20 +133,40 @@ def row_to_example(
     return Example(built.messages, row["output"].strip(), row["task"], row["id"])
 
 
-def _cap_tasks(rows: list[dict], caps: dict[str, int], rng: random.Random) -> list[dict]:
+def _resize(rows: list[dict], n: int, rng: random.Random) -> list[dict]:
+    """n rows: a seeded sample below len(rows), whole repeats plus a sample above it."""
+    repeats, rest = divmod(n, len(rows))
+    return rows * repeats + rng.sample(rows, rest)
+
+
+def answer_label(row: dict) -> str:
+    """The label a classification answer starts with ("Yes. Based on..." -> "yes")."""
+    words = re.findall(r"[A-Za-z]+", row["output"])
+    return words[0].lower() if words else ""
+
+
+def _cap_tasks(rows: list[dict], caps: dict[str, int], rng: random.Random, balance: Collection[str] = ()) -> list[dict]:
     """Resize each named task to caps[task] rows: a seeded sample below its size, repeats above it
-    (a small task such as PubMedQA then counts more); tasks not named keep all their rows."""
+    (a small task such as PubMedQA then counts more); tasks not named keep all their rows. A task in `balance`
+    gets the same number of rows for every answer label (macro-F1 weighs the rare labels as much as the common)."""
     by_task: dict[str, list[dict]] = {}
     for row in rows:
         by_task.setdefault(row["task"], []).append(row)
+    unknown = set(balance) - set(by_task)
+    if unknown:
+        raise DatasetError(f"--balance names task(s) with no training rows: {', '.join(sorted(unknown))}")
     kept = []
     for task, task_rows in by_task.items():
-        cap = caps.get(task)
-        if cap is None:
-            kept += task_rows
-        else:
-            repeats, rest = divmod(cap, len(task_rows))
-            kept += task_rows * repeats + rng.sample(task_rows, rest)
+        n = caps.get(task, len(task_rows))
+        if task not in balance:
+            kept += _resize(task_rows, n, rng)
+            continue
+        by_label: dict[str, list[dict]] = {}
+        for row in task_rows:
+            by_label.setdefault(answer_label(row), []).append(row)
+        share, extra = divmod(n, len(by_label))
+        for i, label in enumerate(sorted(by_label)):
+            kept += _resize(by_label[label], share + (i < extra), rng)
     return kept
 
 
@@ -180,6 +201,7 @@ def load_examples(
     task_caps: dict[str, int] | None = None,
     settings: Settings | None = None,
     count: TokenCounter = approx_tokens,
+    balance: Collection[str] = (),
 ) -> list[Example]:
     """The domain's training examples, shuffled with `seed`, capped per task and in total."""
     settings = settings or load_settings()
@@ -187,7 +209,7 @@ def load_examples(
     rng = random.Random(seed)
     pairs = load_rows(domain, extra_files)
     where_of = {id(row): where for where, row in pairs}
-    rows = _cap_tasks([row for _, row in pairs], task_caps or {}, rng)
+    rows = _cap_tasks([row for _, row in pairs], task_caps or {}, rng, balance)
     rng.shuffle(rows)
     if max_examples is not None:
         rows = rows[:max_examples]

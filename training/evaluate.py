@@ -122,8 +122,12 @@ def score_task(kind: str, items: Sequence[dict], labels: Sequence[str]) -> dict:
 
 
 def contract_name(contract_file: str) -> str:
-    """'ADAMSGOLFINC_03_21_2005-EX-10.17-ENDORSEMENT AGREEMENT.PDF' -> 'ADAMSGOLFINC ENDORSEMENT AGREEMENT'."""
+    """'ADAMSGOLFINC_03_21_2005-EX-10.17-ENDORSEMENT AGREEMENT.PDF' -> 'ADAMSGOLFINC ENDORSEMENT AGREEMENT';
+    'CerenceInc_20191002_8-K_EX-10.4_11827494_EX-10.4_Intellectual Property Agreement' -> 'CerenceInc Intellectual
+    Property Agreement' (as a person names it: no filing codes)."""
     stem = re.sub(r"\.(pdf|txt)$", "", contract_file, flags=re.IGNORECASE)
+    if re.match(r"[^_]+_\d{8}_", stem):  # EDGAR style: company_date_form_EX-n_id_EX-n_kind
+        return f"{stem.split('_')[0]} {re.split(r'_EX-[^_]*_', stem)[-1].replace('_', ' ').strip()}"
     company = re.split(r"_\d", stem, maxsplit=1)[0].replace("_", " ").strip()
     kind = re.split(r"-EX-[\d.]+[A-Z]?-?", stem, maxsplit=1)[-1].replace("_", " ").strip()
     return f"{company} {kind}".strip() if kind != stem else company
@@ -156,7 +160,19 @@ def retrieval_recall(retriever, domain: Domain, rows: Sequence[dict], corpus: Ma
                   for r in tqdm(gold_rows, desc=f"recall {name}", disable=not progress)]
         gold = [r["context_id"] for r in gold_rows]
         out[name] = {"n": len(gold_rows), **{f"recall@{i}": metrics.recall_at_k(ranked, gold, i) for i in RECALL_K}}
+        keep = [j for j, r in enumerate(gold_rows) if holds_evidence(domain, r)]
+        if name == "named" and len(keep) < len(gold_rows):
+            sub_ranked, sub_gold = [ranked[j] for j in keep], [gold[j] for j in keep]
+            out["named, evidence rows"] = {
+                "n": len(keep), **{f"recall@{i}": metrics.recall_at_k(sub_ranked, sub_gold, i) for i in RECALL_K}}
     return out
+
+
+def holds_evidence(domain: Domain, row: dict) -> bool:
+    """False where the task says the gold passage only answers for one label (a CUAD "No" row pairs the question
+    with a clause of another kind: no retriever should rank that clause first)."""
+    label = domain.tasks.get(row["task"], {}).get("evidence_when")
+    return label is None or row.get("answer") == label
 
 
 # ---- the runner -----------------------------------------------------------------------------------------
@@ -175,7 +191,6 @@ def evaluate(
     from tqdm import tqdm
 
     from bot.answer import Answerer
-    from bot.retrieval import load_docs
 
     settings = settings or load_settings()
     domain = resolve_domain(domain, settings)
@@ -184,7 +199,7 @@ def evaluate(
     answerer = answerer or Answerer.from_settings(settings)
     try:
         adapter = _resolve_adapter(domain, adapter, settings)
-        corpus = {d.id: Passage(f"{d.id}#0", d.title, d.text, 1.0, d.id, dict(d.metadata)) for d in load_docs(domain)}
+        corpus = _corpus(domain)
         titles = {k: p.title for k, p in corpus.items()}
         t0 = time.perf_counter()
         items = []
@@ -205,6 +220,33 @@ def evaluate(
             answerer.close()
 
 
+def _corpus(domain: Domain) -> dict[str, Passage]:
+    from bot.retrieval import load_docs
+
+    return {d.id: Passage(f"{d.id}#0", d.title, d.text, 1.0, d.id, dict(d.metadata)) for d in load_docs(domain)}
+
+
+def retrieval_only(domain: Domain, settings: Settings, retriever=None) -> EvalResult:
+    """Recall@k of the retriever alone (no model): seconds, for tuning a domain's documents."""
+    from bot.retrieval import Retriever
+
+    t0 = time.perf_counter()
+    rows = load_eval_rows(domain, None, None)
+    recall = retrieval_recall(retriever or Retriever(settings), domain, rows, _corpus(domain))
+    return EvalResult(domain.name, "retriever", {}, recall, [], time.perf_counter() - t0, None, {})
+
+
+def _code_hash(*modules: str) -> str:
+    """Source of the modules a cached score depends on (a retrieval change must not reuse old recalls)."""
+    import hashlib
+    import importlib.util
+
+    h = hashlib.sha256()
+    for name in modules:
+        h.update(Path(importlib.util.find_spec(name).origin).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def fingerprint(domain: Domain, adapter: str, settings: Settings, limit: int | None, tasks: Sequence[str] | None) -> dict:
     """Everything a score depends on: model + adapter files, eval data, prompt settings, limits."""
     import hashlib
@@ -217,6 +259,7 @@ def fingerprint(domain: Domain, adapter: str, settings: Settings, limit: int | N
         "eval": file_hash(domain.eval_file), "docs": sorted(str(p.stat().st_mtime) for p in domain.docs_dir.glob("*")),
         "prompt": hashlib.sha256(f"{domain.system_prompt}|{domain.tasks}|{settings.prompt_budget}".encode()).hexdigest()[:16],
         "max_tokens": {**MAX_TOKENS, **TASK_MAX_TOKENS}, "limit": limit, "tasks": sorted(tasks or []),
+        "retrieval": _code_hash("bot.retrieval", "bot.keyword_index"),
     }
 
 

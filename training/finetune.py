@@ -20,6 +20,7 @@ from pathlib import Path
 from bot.config import ROOT, Settings, load_settings
 from bot.errors import UserFacingError
 from training.dataset import Example, data_hash, load_examples, resolve_domain
+from training.distributed import Workers, launched
 
 # ---- defaults (override with TrainConfig(...) or `domainbot train` flags) -------------------------------
 RANK = 8  # 7 projections x 30 layers at r=8 is 2.44M params = 4.9 MB in f16 (r=16 would be 9.8 MB)
@@ -58,6 +59,7 @@ class TrainConfig:
     max_steps: int | None = None
     max_examples: int | None = None
     task_caps: dict[str, int] = field(default_factory=dict)
+    task_balance: tuple[str, ...] = ()  # tasks resampled to equal rows per answer label
     extra_files: tuple[str, ...] = ()
     max_len: int = MAX_LEN
     max_answer_tokens: int = MAX_ANSWER_TOKENS
@@ -96,6 +98,8 @@ class TrainResult:
     device: str
     resumed_from: int = 0
     task_counts: dict[str, int] = field(default_factory=dict)
+    rank: int = 0  # under `accelerate launch`, only rank 0 exports and publishes
+    world: int = 1
 
     @property
     def tokens_per_s(self) -> float:
@@ -337,14 +341,15 @@ def train(
     random.seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg)
+    workers = launched(cfg.device)
+    device = workers.device or pick_device(cfg)
 
     base_path = Path(cfg.base_model) if cfg.base_model else served_gguf(settings)
     base, tokenizer = load_base(base_path)
     if examples is None:
         examples = load_examples(
             domain, max_examples=cfg.max_examples, seed=cfg.seed, extra_files=cfg.extra_files,
-            task_caps=cfg.task_caps, settings=settings, count=token_counter(tokenizer),
+            task_caps=cfg.task_caps, settings=settings, count=token_counter(tokenizer), balance=cfg.task_balance,
         )
     if not examples:
         raise TrainingError(f"no training examples for {domain.name}")
@@ -361,14 +366,14 @@ def train(
     model = lora_model(base, cfg).to(device)
     try:
         return _loop(domain, cfg, model, examples, encoded, tokenizer, base_path, run_dir, key, dhash, total,
-                     steps_per_epoch, device, resume, on_step, progress, out_dir)
+                     steps_per_epoch, device, resume, on_step, progress, out_dir, workers)
     except BaseException:
         _unwrap(model)  # the cached base model stays clean for the next run in this process
         raise
 
 
 def _loop(domain, cfg, model, examples, encoded, tokenizer, base_path, run_dir, key, dhash, total, steps_per_epoch,
-          device, resume, on_step, progress, out_dir) -> TrainResult:
+          device, resume, on_step, progress, out_dir, workers: Workers) -> TrainResult:
     import torch
     from tqdm import tqdm
 
@@ -384,12 +389,15 @@ def _loop(domain, cfg, model, examples, encoded, tokenizer, base_path, run_dir, 
         tokens, answer_tokens, seconds = state["tokens"], state["answer_tokens"], state["seconds"]
         print(f"resuming {domain.name} from step {start}/{total} ({ckpt_path})")
 
-    use_bf16 = cfg.bf16 and (device == "cuda" or torch.backends.mkldnn.is_available())
+    device_type = torch.device(device).type
+    use_bf16 = cfg.bf16 and (device_type == "cuda" or torch.backends.mkldnn.is_available())
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     orders: dict[int, list[list[int]]] = {}
     lengths = [len(ids) for ids, _ in encoded]
 
     def checkpoint(step: int) -> None:
+        if not workers.main:
+            return
         lora = {k: v.detach().cpu() for k, v in model.state_dict().items() if "lora_" in k}
         save_checkpoint(ckpt_path, {
             "key": key, "step": step, "lora": lora, "opt": opt.state_dict(), "losses": losses,
@@ -397,7 +405,7 @@ def _loop(domain, cfg, model, examples, encoded, tokenizer, base_path, run_dir, 
         })
 
     model.train()
-    bar = tqdm(range(start, total), initial=start, total=total, desc=f"train {domain.name}", disable=not progress)
+    bar = tqdm(range(start, total), initial=start, total=total, desc=f"train {domain.name}", disable=not progress or not workers.main)
     step = start
     try:
         for step in bar:
@@ -409,12 +417,14 @@ def _loop(domain, cfg, model, examples, encoded, tokenizer, base_path, run_dir, 
             n_answer = sum(len(encoded[i][0]) - encoded[i][1] for i in batch)
             step_loss = 0.0
             micro = cfg.micro_batch or max(1, cfg.micro_tokens // max(lengths[i] for i in batch))
-            for m in range(0, len(batch), micro):
-                ids, att, lab = (t.to(device) for t in collate([encoded[i] for i in batch[m : m + micro]], pad_id))
-                with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_bf16):
+            mine = workers.shard(batch)
+            for m in range(0, len(mine), micro):
+                ids, att, lab = (t.to(device) for t in collate([encoded[i] for i in mine[m : m + micro]], pad_id))
+                with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=use_bf16):
                     loss_sum, _ = answer_loss(model, ids, att, lab)
-                (loss_sum / n_answer).backward()
+                (loss_sum / n_answer).backward()  # over the whole batch's answer tokens: the shards' sum is exact
                 step_loss += loss_sum.item() / n_answer
+            (step_loss,) = workers.sum_grads(params, step_loss)
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -438,8 +448,10 @@ def _loop(domain, cfg, model, examples, encoded, tokenizer, base_path, run_dir, 
     bar.close()
 
     peft_dir = Path(out_dir) if out_dir else run_dir / "peft"
-    model.save_pretrained(peft_dir)
+    if workers.main:
+        model.save_pretrained(peft_dir)
     checkpoint(total)
+    workers.wait()
     counts: dict[str, int] = {}
     for ex in examples:
         counts[ex.task] = counts.get(ex.task, 0) + 1
@@ -447,7 +459,7 @@ def _loop(domain, cfg, model, examples, encoded, tokenizer, base_path, run_dir, 
         domain=domain.name, peft_dir=peft_dir, run_dir=run_dir, config=_jsonable(cfg), base_model=str(base_path),
         base_hash=file_hash(base_path), data_hash=dhash, examples=len(examples), steps=len(losses), total_steps=total,
         tokens=tokens, answer_tokens=answer_tokens, seconds=seconds, losses=losses, device=device,
-        resumed_from=state["step"] if state else 0, task_counts=counts,
+        resumed_from=state["step"] if state else 0, task_counts=counts, rank=workers.rank, world=workers.world,
     )
     _unwrap(model)
     return result
