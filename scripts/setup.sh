@@ -23,7 +23,9 @@ ensure_peft() {
     live=$(cat "$d/current" 2>/dev/null) || continue
     if [ -f "$d/$live/adapter.gguf" ] && [ ! -d "$d/$live/peft" ]; then
       echo "==> writing the PEFT copies of the live adapters (for vLLM)"
-      HF_HUB_OFFLINE=1 "$VENV/bin/domainbot" adapters export all --format peft --write-peft >/dev/null
+      HF_HUB_OFFLINE=1 "$VENV/bin/domainbot" adapters export all --format peft --write-peft \
+        >/dev/null 2>"$VENV/peft-export.log" ||
+        echo "warning: no PEFT copies written (see $VENV/peft-export.log); vLLM needs them, llama.cpp does not"
       return
     fi
   done

@@ -82,5 +82,6 @@ def answerer(base_settings, built_indexes, runtime, embedder):
 def domains_copy(tmp_path) -> Path:
     """A writable copy of domains/ for tests that change adapters or manifests."""
     dst = tmp_path / "domains"
-    shutil.copytree(ROOT / "domains", dst, ignore=shutil.ignore_patterns("checkpoints", "runs"))
+    # without the git-ignored PEFT copies that `make setup` writes: the repo as cloned
+    shutil.copytree(ROOT / "domains", dst, ignore=shutil.ignore_patterns("checkpoints", "runs", "peft"))
     return dst

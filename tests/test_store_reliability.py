@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from bot.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,3 +177,30 @@ def test_four_concurrent_writers_see_no_lock_errors(tmp_path: Path) -> None:
     assert store.db["exchanges"].count == 4 * n
     assert store.db["feedback"].count == 4 * n
     assert store.integrity_check() == "ok"
+
+
+def test_wal_switch_waits_out_a_replica_that_holds_the_new_file(tmp_path):
+    """Two replicas starting on a new database at once: SQLite can answer the journal-mode switch with
+    'database is locked' at once (no busy handler); the store retries until the other one lets go."""
+    import sqlite3
+    import threading
+    import time
+
+    from bot.store import _enable_wal
+
+    path = tmp_path / "new.db"
+    other = sqlite3.connect(path, check_same_thread=False)
+    other.execute("CREATE TABLE t (x)")
+    other.execute("BEGIN EXCLUSIVE")
+    impatient = sqlite3.connect(path, timeout=0)  # no busy handler: the lock answers at once
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        impatient.execute("PRAGMA journal_mode=WAL")
+    release = threading.Timer(0.3, other.commit)
+    release.start()
+    t0 = time.monotonic()
+    _enable_wal(impatient)
+    assert time.monotonic() - t0 >= 0.25
+    assert impatient.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    release.join()
+    other.close()
+    impatient.close()

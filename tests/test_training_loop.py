@@ -173,7 +173,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_accelerate_launch_on_two_processes_takes_the_single_process_steps(tiny_base, tiny_examples, tmp_path):
+def test_two_launched_processes_take_the_single_process_steps(tiny_base, tiny_examples, tmp_path):
     """Two processes as `accelerate launch --multi_gpu` starts them (torchrun; gloo on CPU here, NCCL on GPUs): each process takes half of every batch and the
     summed gradients make the same update, so the LoRA weights match one process's run."""
     import os
