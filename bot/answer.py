@@ -253,7 +253,12 @@ class Answerer:
 
 def render_text(answer: Answer, *, with_sources: bool = True) -> str:
     """Plain-text rendering for the terminal."""
-    parts = [answer.text]
+    return "\n\n".join([answer.text, *render_trailer(answer, with_sources=with_sources)])
+
+
+def render_trailer(answer: Answer, *, with_sources: bool = True) -> list[str]:
+    """What follows the answer text (sources, notes, the route line): all a streamed answer still has to print."""
+    parts = []
     if with_sources and answer.citations:
         parts.append("Sources:\n" + "\n".join(f"  [{c.n}] {c.title}  ({c.chunk_id})" for c in answer.citations))
     if answer.disclaimer and answer.kind == "answer":
@@ -265,7 +270,7 @@ def render_text(answer: Answer, *, with_sources: bool = True) -> str:
             f"— {answer.domain} · adapter {answer.adapter} · {answer.route.method}"
             + (f" · first token {t['first_token_s']:.2f}s · total {t['total_s']:.2f}s" if t.get("first_token_s") else "")
         )
-    return "\n\n".join(parts)
+    return parts
 
 
 def warm_indexes(answerer: Answerer) -> None:

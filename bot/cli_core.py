@@ -26,7 +26,7 @@ def _log(settings: Settings, answer, question: str, source: str) -> None:
 
 
 def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
-    from bot.answer import render_text
+    from bot.answer import render_text, render_trailer
 
     answerer = _answerer(settings)
     stream = not args.json and sys.stdout.isatty()
@@ -42,7 +42,7 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
     else:
         if stream and answer.kind == "answer":
-            print("\n\n" + after_streamed_text(render_text(answer)))
+            print("\n\n" + "\n\n".join(render_trailer(answer)))
         else:
             print(render_text(answer))
     return 0
@@ -88,7 +88,7 @@ Start a question with `legal:` (or any domain name) to pick its domain."""
 
 
 def cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
-    from bot.answer import render_text
+    from bot.answer import render_trailer
     from bot.errors import UserFacingError
     from bot.prompt import Turn
 
@@ -138,7 +138,7 @@ def cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
             continue
         _log(settings, answer, line, "cli")
         if answer.kind == "answer":
-            print("\n\n" + after_streamed_text(render_text(answer)))
+            print("\n\n" + "\n\n".join(render_trailer(answer)))
             thread_domain = answer.domain
             history += [Turn("user", line), Turn("assistant", answer.text)]
         else:
@@ -260,7 +260,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
 
-
-def after_streamed_text(rendered: str) -> str:
-    """What follows the answer text once it has streamed: the sources and the disclaimer."""
-    return rendered.split("\n\n", 1)[1] if "\n\n" in rendered else ""

@@ -136,17 +136,14 @@ class LoadedIndex:
 
     def named(self, query: str) -> list[int]:
         """Chunks of the source(s) the question names, if it names few enough to be a name and not a topic."""
-        if self.titles is None:
+        if self.titles is None:  # an index built by hand (bench/serve.py) has no title index
             return []
         # a name is rare everywhere; a topic word ("revenue") fills texts even where it is rare in titles
         rare = [t for t in set(terms(query)) if t in self.titles.vocab and self.keywords.df(t) <= NAMED_MAX_CHUNKS]
         if not rare:
             return []
-        scores = self.titles.scores(" ".join(rare))
-        top = float(scores.max()) if len(scores) else 0.0
-        if top <= 0.0:
-            return []
-        hits = np.flatnonzero(scores >= NAMED_SHARE * top)
+        scores = self.titles.scores(" ".join(rare))  # every rare term is in some title: the best score is > 0
+        hits = np.flatnonzero(scores >= NAMED_SHARE * scores.max())
         return [int(i) for i in hits] if len(hits) <= NAMED_MAX_CHUNKS else []
 
     def dense(self, qvec: np.ndarray, k: int) -> list[tuple[int, float]]:
@@ -365,11 +362,12 @@ class Retriever:
         for rank, i in enumerate(sorted(named, key=lambda i: -cosine[i])):
             fused[i] = fused.get(i, 0.0) + 1.0 / (RRF_K + rank)
         ranked = sorted(fused, key=lambda i: -fused[i])
+        lexical_top = {i for i, _ in lexical[:k]}  # kept below the floor: a named match can score low by meaning
         out: list[Passage] = []
         for i in ranked:
             if i not in cosine:
                 cosine[i] = float(np.dot(qvec, loaded.vectors.reconstruct(i)))
-            if cosine[i] < floor and i not in dict(lexical[:k]):
+            if cosine[i] < floor and i not in lexical_top:
                 continue
             c = loaded.chunks[i]
             out.append(Passage(c.chunk_id, c.title, c.text, round(cosine[i], 4), c.doc_id, c.metadata))

@@ -1,7 +1,7 @@
 import pytest
 
 from bot import adapters
-from bot.answer import Answerer, citations_for, render_text
+from bot.answer import Answerer, citations_for, render_text, render_trailer
 from bot.domains import discover
 from bot.errors import InputError, UserFacingError
 from bot.prompt import Passage, Turn
@@ -76,6 +76,17 @@ def test_render_text_has_sources_and_disclaimer(answerer):
     ans = answerer.answer("How is asthma treated?", max_tokens=8)
     out = render_text(ans)
     assert "Sources:" in out and "[1]" in out and ans.disclaimer in out and "medical" in out
+
+
+def test_streamed_answer_trailer_never_repeats_the_answer(answerer):
+    """The CLI streams the text, then prints the trailer: a two-paragraph answer must not print twice."""
+    from dataclasses import replace
+
+    ans = answerer.answer("How is asthma treated?", max_tokens=8)
+    two = replace(ans, text="First paragraph.\n\nSecond paragraph.")
+    trailer = render_trailer(two)
+    assert trailer and not any("paragraph" in part for part in trailer)
+    assert render_text(two) == "\n\n".join([two.text, *trailer])
 
 
 def test_adapter_hot_reload_and_mismatch_falls_back_to_base(base_settings, built_indexes, runtime, embedder,

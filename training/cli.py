@@ -122,9 +122,8 @@ def train_command(args: argparse.Namespace) -> str:
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
-    from training.dataset import load_examples
     from training.export import publish
-    from training.finetune import load_base, served_gguf, token_counter, train
+    from training.finetune import config_examples, load_base, served_gguf, train
     from training.runs import save_run
 
     domain = _domain(args.domain, settings)
@@ -132,21 +131,19 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     base = Path(cfg.base_model) if cfg.base_model else served_gguf(settings)
     if base.suffix != ".gguf":
         raise UserFacingError("export needs the served GGUF as the base; train on an HF model with the Python API")
-    examples = load_examples(domain, max_examples=cfg.max_examples, seed=cfg.seed, extra_files=cfg.extra_files,
-                             task_caps=cfg.task_caps, settings=settings, count=token_counter(load_base(base)[1]),
-                             balance=cfg.task_balance)
+    examples = config_examples(domain, cfg, settings, load_base(base)[1])
     print(f"{domain.name}: {len(examples)} examples, rank {cfg.rank}, lr {cfg.lr}, batch {cfg.batch_size}, seed {cfg.seed}")
     result = train(domain, cfg, examples, settings=settings, resume=not args.fresh)
     if result.rank:  # under `accelerate launch`: rank 0 exports, verifies and publishes
         return 0
+    print(f"trained {result.steps} steps in {result.seconds:.0f}s: {result.tokens_per_s:.0f} tokens/s, "
+          f"final loss {result.final_loss:.3f} ({result.device}"
+          f"{f' x {result.world} processes' if result.world > 1 else ''})")
     command = train_command(args)
     if args.no_publish:
         saved = save_run(result, command)
         print(f"saved {saved}; publish it with: domainbot publish {domain.name} {result.run_dir}")
         return 0
-    print(f"trained {result.steps} steps in {result.seconds:.0f}s: {result.tokens_per_s:.0f} tokens/s, "
-          f"final loss {result.final_loss:.3f} ({result.device}"
-          f"{f' x {result.world} processes' if result.world > 1 else ''})")
     version = publish(result, examples, adapters_dir=domain.adapters_dir, base_gguf=base, keep_peft=not args.no_peft,
                       threads=cfg.threads, command=command, merged=args.merged)
     _published(domain.name, version, args.promote)

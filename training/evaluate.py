@@ -23,15 +23,12 @@ from bot.domains import Domain
 from bot.errors import UserFacingError
 from bot.prompt import Passage
 from training import metrics
-from training.dataset import read_jsonl, resolve_domain
+from training.dataset import load_corpus, read_jsonl, resolve_domain
 
 REPORTS_DIR = ROOT / "reports"
 MAX_TOKENS = {"classification": 8, "extraction": 32, "qa": 64}
 TASK_MAX_TOKENS = {"medquad_open_qa": 64, "legalbench_rule_qa": 64, "tatqa_hybrid_qa": 48}
 RECALL_K = (1, 5)
-# Eval task name -> the training task that teaches it (names differ in the shipped data).
-TRAINED_AS = {"legalbench_unfair_tos": "unfair_tos", "pubmedqa_yes_no_maybe": "pubmedqa_reasoning",
-              "medquad_open_qa": "medquad_qa"}
 
 
 @dataclass
@@ -160,8 +157,8 @@ def retrieval_recall(retriever, domain: Domain, rows: Sequence[dict], corpus: Ma
                   for r in tqdm(gold_rows, desc=f"recall {name}", disable=not progress)]
         gold = [r["context_id"] for r in gold_rows]
         out[name] = {"n": len(gold_rows), **{f"recall@{i}": metrics.recall_at_k(ranked, gold, i) for i in RECALL_K}}
-        keep = [j for j, r in enumerate(gold_rows) if holds_evidence(domain, r)]
-        if name == "named" and len(keep) < len(gold_rows):
+        keep = [j for j, r in enumerate(gold_rows) if holds_evidence(domain, r)] if name == "named" else []
+        if 0 < len(keep) < len(gold_rows):
             sub_ranked, sub_gold = [ranked[j] for j in keep], [gold[j] for j in keep]
             out["named, evidence rows"] = {
                 "n": len(keep), **{f"recall@{i}": metrics.recall_at_k(sub_ranked, sub_gold, i) for i in RECALL_K}}
@@ -199,7 +196,7 @@ def evaluate(
     answerer = answerer or Answerer.from_settings(settings)
     try:
         adapter = _resolve_adapter(domain, adapter, settings)
-        corpus = _corpus(domain)
+        corpus = load_corpus(domain)
         titles = {k: p.title for k, p in corpus.items()}
         t0 = time.perf_counter()
         items = []
@@ -220,19 +217,13 @@ def evaluate(
             answerer.close()
 
 
-def _corpus(domain: Domain) -> dict[str, Passage]:
-    from bot.retrieval import load_docs
-
-    return {d.id: Passage(f"{d.id}#0", d.title, d.text, 1.0, d.id, dict(d.metadata)) for d in load_docs(domain)}
-
-
 def retrieval_only(domain: Domain, settings: Settings, retriever=None) -> EvalResult:
     """Recall@k of the retriever alone (no model): seconds, for tuning a domain's documents."""
     from bot.retrieval import Retriever
 
     t0 = time.perf_counter()
     rows = load_eval_rows(domain, None, None)
-    recall = retrieval_recall(retriever or Retriever(settings), domain, rows, _corpus(domain))
+    recall = retrieval_recall(retriever or Retriever(settings), domain, rows, load_corpus(domain))
     return EvalResult(domain.name, "retriever", {}, recall, [], time.perf_counter() - t0, None, {})
 
 
@@ -330,10 +321,6 @@ def gate(candidate, current, margin: float = 0.01) -> tuple[bool, str]:
 
 
 # ---- reports: results.json, a table, a PNG --------------------------------------------------------------
-def primary_name(task: dict) -> str:
-    return "macro-F1" if task["kind"] == "classification" else "token-F1"
-
-
 def table(results: Sequence[EvalResult]) -> str:
     """Per task: each adapter's primary score (+ accuracy or EM), with the majority baseline beside classifiers."""
     tasks = sorted({t for r in results for t in r.tasks})
@@ -395,12 +382,6 @@ def save_results(results: Sequence[EvalResult], out_dir: Path | None = None) -> 
     path = out_dir / "results.json"
     path.write_text(json.dumps(summary, indent=1) + "\n")
     return path, chart(results, out_dir / "eval.png")
-
-
-def trained_tasks(meta: Mapping) -> set[str]:
-    """Eval task names an adapter trained on (from meta.json's data.tasks)."""
-    trained = set((meta.get("data") or {}).get("tasks", {}))
-    return trained | {ev for ev, tr in TRAINED_AS.items() if tr in trained}
 
 
 def record_metrics(domain: Domain, result: EvalResult, base: EvalResult | None = None) -> None:

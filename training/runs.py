@@ -10,15 +10,15 @@ from pathlib import Path
 
 from bot.config import Settings
 from bot.domains import Domain
-from training.dataset import data_hash, load_examples
+from training.dataset import data_hash
 from training.finetune import (
     TrainConfig,
     TrainingError,
     TrainResult,
+    config_examples,
     file_hash,
     load_base,
     served_gguf,
-    token_counter,
 )
 
 RESULT_FILE = "result.json"
@@ -51,7 +51,8 @@ def load_run(run_dir: Path, domain: Domain, settings: Settings) -> tuple[TrainRe
     result = TrainResult(**{k: v for k, v in data.items() if k in known})
     result.run_dir, result.peft_dir = Path(run_dir), peft_dir
 
-    cfg = TrainConfig(**{k: v for k, v in data["config"].items() if k in {f.name for f in fields(TrainConfig)}})
+    config_fields = {f.name for f in fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in data["config"].items() if k in config_fields})
     base = Path(cfg.base_model) if cfg.base_model else served_gguf(settings)
     if file_hash(base) != result.base_hash:
         raise TrainingError(
@@ -59,9 +60,7 @@ def load_run(run_dir: Path, domain: Domain, settings: Settings) -> tuple[TrainRe
             f"{base.name} has {file_hash(base)[:12]}: the adapter would not fit it. Publish where that base is served."
         )
     result.base_model = str(base)
-    examples = load_examples(domain, max_examples=cfg.max_examples, seed=cfg.seed, extra_files=tuple(cfg.extra_files),
-                             task_caps=cfg.task_caps, settings=settings, count=token_counter(load_base(base)[1]),
-                             balance=tuple(cfg.task_balance))
+    examples = config_examples(domain, cfg, settings, load_base(base)[1])
     if data_hash(examples) != result.data_hash:
         raise TrainingError(f"{domain.name}'s training data changed since {run_dir} was trained (data hash differs)")
     return result, examples, data.get("command", "")
