@@ -200,3 +200,26 @@ def test_two_launched_processes_take_the_single_process_steps(tiny_base, tiny_ex
     assert a.keys() == b.keys() and len(a) > 0
     for k in a:
         assert (a[k] - b[k]).abs().max().item() < 1e-5, k
+
+
+def test_encoded_answers_end_with_the_served_end_of_turn(tiny_base, tiny_examples):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for ex in tiny_examples:
+        ids, n_prompt = finetune.encode(ex, tokenizer, max_len=1024, max_answer=192)
+        assert ids[-1] == im_end and 0 < n_prompt < len(ids)
+        assert tokenizer.decode(ids[n_prompt:-1]).strip() == ex.answer.strip()
+
+
+def test_a_tokenizer_without_chatml_ends_answers_with_eos(tiny_base, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.WordLevel({"<unk>": 0, "</s>": 1, "hello": 2}, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    plain = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", eos_token="</s>")
+    assert finetune.end_of_turn_id(plain) == plain.eos_token_id == 1
+    chatml = AutoTokenizer.from_pretrained(tiny_base)
+    assert finetune.end_of_turn_id(chatml) == chatml.convert_tokens_to_ids("<|im_end|>")

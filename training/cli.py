@@ -25,6 +25,8 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32 instead of bf16 autocast")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--micro-tokens", type=int,
+                   help="padded tokens per forward pass (default 4096; a GPU takes far more, and steps stay exact)")
     p.add_argument("--extra-file", action="append", default=[], metavar="JSONL",
                    help="more training rows, relative to the domain folder (e.g. train_tfns_full.jsonl)")
     p.add_argument("--cap", action="append", default=[], metavar="TASK=N",
@@ -78,10 +80,7 @@ def register(sub) -> None:
 def _domain(name: str, settings: Settings):
     from training.dataset import resolve_domain
 
-    try:
-        return resolve_domain(name, settings)
-    except KeyError as exc:
-        raise UserFacingError(str(exc)) from None
+    return resolve_domain(name, settings)
 
 
 def parse_caps(items: list[str]) -> dict[str, int]:
@@ -101,7 +100,7 @@ def train_config(args: argparse.Namespace):
                       max_steps=args.max_steps, max_examples=args.max_examples, task_caps=parse_caps(args.cap),
                       task_balance=tuple(args.balance),
                       extra_files=tuple(args.extra_file), base_model=args.base_model, warm_start=args.warm_start)
-    for name in ("epochs", "rank", "alpha", "lr", "batch_size"):
+    for name in ("epochs", "rank", "alpha", "lr", "batch_size", "micro_tokens"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     return cfg
