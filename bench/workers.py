@@ -54,7 +54,7 @@ class Config:
     def label(self) -> str:
         who = f"{self.workers} worker{'s' if self.workers > 1 else ''}"
         if self.threads is None:
-            return f"{who}, Runtime defaults (decode {max(1, CORES // 2)}, prompt {CORES} threads each)"
+            return f"{who}, Runtime defaults ({CORES} threads each, decode and prompt)"
         return f"{who} × {self.threads} thread{'s' if self.threads > 1 else ''}"
 
     @property
@@ -104,22 +104,19 @@ def machine_busy_seconds() -> float:
 
 
 def build_requests(n: int) -> list[Request]:
-    import llama_cpp
-
     from bot import adapters as adapter_store
     from bot.config import load_settings
     from bot.domains import discover
     from bot.llm import resolve_model_path
+    from bot.llm_openai import VocabTokenizer
     from bot.prompt import build_messages
     from bot.retrieval import Retriever
 
     settings = load_settings()
     domains = discover(settings.domains_dir, settings.domain_allowlist).domains
     retriever = Retriever(settings)
-    vocab = llama_cpp.Llama(model_path=str(resolve_model_path(settings)), vocab_only=True, verbose=False)
-
-    def count(text: str) -> int:
-        return len(vocab.tokenize(text.encode("utf-8", "replace"), add_bos=False, special=False))
+    vocab = VocabTokenizer(resolve_model_path(settings))  # counts as the served runtime does
+    count = vocab.count
 
     requests = []
     for i in range(n):
@@ -142,9 +139,7 @@ def worker(threads: int, max_tokens: int, jobs, results, ready, go, done) -> Non
     from bot.config import load_settings
     from bot.llm import Runtime
 
-    rt = Runtime(load_settings().with_(n_threads=threads or 0, max_tokens=max_tokens))
-    if threads:  # Runtime sets decode threads only; prompt processing would still use every core
-        rt._call(lambda: rt.llm._ctx.set_n_threads(threads, threads))  # on the thread that owns the context
+    rt = Runtime(load_settings().with_(n_threads=threads or 0, max_tokens=max_tokens))  # decode and prompt threads
     rt.generate([{"role": "user", "content": "hi"}], max_tokens=2)  # first decode outside the clock
     ready.put(os.getpid())
     go.wait()

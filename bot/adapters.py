@@ -41,6 +41,16 @@ class AdapterVersion:
         return int(m.group(1)) if m else -1
 
 
+def update_meta(version_dir: Path, **fields: object) -> None:
+    """Set top-level keys of a version's meta.json (atomically: a reader never sees half a file)."""
+    meta = AdapterVersion(version_dir.name, version_dir).meta
+    meta.update(fields)
+    path = version_dir / META_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    tmp.replace(path)
+
+
 def versions(adapters_dir: Path) -> list[AdapterVersion]:
     if not adapters_dir.is_dir():
         return []
@@ -121,9 +131,15 @@ def _pointer_name(adapters_dir: Path) -> str:
         return "base"
 
 
+def _last_byte(path: Path) -> bytes:
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
+
+
 def _append_history(adapters_dir: Path, entry: dict) -> None:
     path = adapters_dir / HISTORY_FILE
-    torn = path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n")
+    torn = path.is_file() and path.stat().st_size and _last_byte(path) != b"\n"
     with path.open("a") as f:
         f.write(("\n" if torn else "") + json.dumps(entry) + "\n")
         f.flush()

@@ -195,10 +195,12 @@ class Answerer:
         passages: Sequence[Passage] | None = None,
         max_tokens: int | None = None,
         method: str | None = None,
+        route: RouteResult | None = None,
     ) -> Answer:
+        """`route`: a routing decision the caller already made (Slack shows the domain before answering)."""
         t0 = time.perf_counter()
         question = policy.clean_question(question)
-        route = self.route(question, domain)
+        route = route or self.route(question, domain)
         if method and route.domain:
             route = RouteResult(route.domain, route.scores, method, route.question, route.threshold, route.margin)
         if route.domain is None:

@@ -7,11 +7,10 @@ import importlib
 import logging
 import os
 import sys
-import uuid
 from pathlib import Path
 
 from bot.config import ConfigError, load_settings
-from bot.errors import UserFacingError
+from bot.errors import UserFacingError, new_error_id
 
 COMMAND_MODULES = ("bot.cli_core", "bot.slack_cli", "training.cli", "bot.feedback_cli")
 log = logging.getLogger("domainbot")
@@ -57,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted", file=sys.stderr)
         return 130
     except Exception:  # noqa: BLE001 - last line of defence: an id, never a bare traceback
-        error_id = uuid.uuid4().hex[:8]
+        error_id = new_error_id()
         log_path = Path(os.environ.get("DOMAINBOT_ERROR_LOG", "var/errors.log"))
         log_path.parent.mkdir(parents=True, exist_ok=True)
         import traceback

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
+
+
+def new_error_id() -> str:
+    """A short id that ties the apology a user sees to the traceback in the log."""
+    return uuid.uuid4().hex[:8]
+
 
 class UserFacingError(Exception):
     """Bad input or a fixable setup problem; `str(exc)` is the message to show."""

@@ -28,12 +28,13 @@ def exchange_fields(answer: Answer, question: str) -> dict:
 
 
 def log_answer(settings: Settings, answer: Answer, question: str, *, source: str, store=None, **extra) -> int | None:
+    """`extra`: more columns (channel, user, ...); they win over the Answer's, e.g. the latency a Slack user waited."""
     from bot.store import Store
 
     own = store is None
     store = store or Store.from_settings(settings)
     try:
-        return store.log_exchange(source=source, **exchange_fields(answer, question), **extra)
+        return store.log_exchange(source=source, **{**exchange_fields(answer, question), **extra})
     finally:
         if own and hasattr(store, "close"):
             store.close()

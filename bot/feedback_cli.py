@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from bot.config import ROOT, Settings
-from bot.errors import UserFacingError
 
 
 def _positive_int(text: str) -> int:
@@ -32,15 +31,12 @@ def _retrain_config(args: argparse.Namespace):
 
 
 def _discover(settings: Settings, name: str | None):
-    """Discovery, with a clear message (not a traceback) for a domain name that doesn't exist."""
-    from bot.domains import UnknownDomain, discover
+    """Discovery; an unknown `name` raises UnknownDomain, a UserFacingError that names the known domains."""
+    from bot.domains import discover
 
     discovery = discover(settings.domains_dir, settings.domain_allowlist)
     if name is not None:
-        try:
-            discovery.get(name)
-        except UnknownDomain as exc:
-            raise UserFacingError(str(exc)) from None
+        discovery.get(name)
     return discovery
 
 

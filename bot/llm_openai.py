@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ import httpx
 from bot.config import ConfigError, Settings
 from bot.errors import BackendUnavailable, ModelNotFound, UserFacingError
 from bot.llm import AdapterMismatch, Generation, TokenCallback, resolve_model_path
+from bot.prompt import approx_tokens
 
 log = logging.getLogger(__name__)
 
@@ -204,11 +205,6 @@ def lora_id_for(path: Path, served: list[dict]) -> int | None:
     return None
 
 
-def estimate_tokens(text: str) -> int:
-    """About 4 bytes per token for English BPE vocabularies: used only when no local tokenizer is known."""
-    return math.ceil(len(text.encode("utf-8", "replace")) / 4)
-
-
 class VocabTokenizer:
     """llama.cpp's tokenizer of a GGUF, loaded vocab-only (no weights, no context): what
     `Llama(vocab_only=True).tokenize(text, add_bos=False, special=False)` counts, without creating a context."""
@@ -293,7 +289,7 @@ class OpenAIRuntime:
 
     def count_tokens(self, text: str) -> int:
         if self._vocab is None:
-            return estimate_tokens(text)
+            return approx_tokens(text)  # no local tokenizer known
         with self._tok_lock:
             return self._vocab.count(text)
 
@@ -324,15 +320,10 @@ class OpenAIRuntime:
     def has_adapter(self, key: str) -> bool:
         return key in self._adapters
 
-    def forget_adapters(self) -> None:
-        """Check again on the next request (after the server was restarted with other adapters)."""
-        self._adapters.clear()
-
     # -------- generation
 
     def generate(self, messages: list[dict], *, adapter: str | None = None, max_tokens: int | None = None,
-                 temperature: float | None = None, on_token: TokenCallback | None = None,
-                 timeout: float | None = None) -> Generation:
+                 temperature: float | None = None, on_token: TokenCallback | None = None) -> Generation:
         if adapter is not None and adapter not in self._adapters:
             raise AdapterMismatch(f"adapter {adapter!r} is not loaded")
         alias, lora_id = self._adapters[adapter] if adapter else (self.options.base_alias, None)
@@ -375,25 +366,32 @@ class OpenAIRuntime:
             "DOMAINBOT_LLM_BACKEND=embedded to answer in-process."
         )
 
-    def _stream_once(self, body: dict, stream: _Stream, on_token: TokenCallback | None) -> None:
+    @contextmanager
+    def _transient_transport(self) -> Iterator[None]:
+        """A timeout or a dropped connection is worth a retry; say which, in words."""
         try:
-            with self._client.stream("POST", self.options.base_url + "/chat/completions", json=body) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    raise self._http_error(resp, body["model"])
-                for line in resp.iter_lines():
-                    data = sse_data(line)
-                    if data is None:
-                        continue
-                    if data == "[DONE]":
-                        return
-                    self._take_chunk(json.loads(data), stream, on_token)
+            yield
         except httpx.TimeoutException as exc:
             raise _Transient(f"no reply within {self._timeout_of(exc):.0f}s") from None
         except httpx.TransportError as exc:  # refused, reset, DNS, a stream cut short
             raise _Transient(_transport_reason(exc)) from None
-        except json.JSONDecodeError:
-            raise _Transient("it sent a malformed event") from None
+
+    def _stream_once(self, body: dict, stream: _Stream, on_token: TokenCallback | None) -> None:
+        with self._transient_transport():
+            try:
+                with self._client.stream("POST", self.options.base_url + "/chat/completions", json=body) as resp:
+                    if resp.status_code >= 400:
+                        resp.read()
+                        raise self._http_error(resp, body["model"])
+                    for line in resp.iter_lines():
+                        data = sse_data(line)
+                        if data is None:
+                            continue
+                        if data == "[DONE]":
+                            return
+                        self._take_chunk(json.loads(data), stream, on_token)
+            except json.JSONDecodeError:
+                raise _Transient("it sent a malformed event") from None
 
     def _timeout_of(self, exc: httpx.TimeoutException) -> float:
         connect = isinstance(exc, httpx.ConnectTimeout)
@@ -438,12 +436,8 @@ class OpenAIRuntime:
         stream = _Stream(time.perf_counter())
 
         def once() -> None:
-            try:
+            with self._transient_transport():
                 resp = self._client.get(url)
-            except httpx.TimeoutException as exc:
-                raise _Transient(f"no reply within {self._timeout_of(exc):.0f}s") from None
-            except httpx.TransportError as exc:
-                raise _Transient(_transport_reason(exc)) from None
             if resp.status_code >= 400:
                 raise self._http_error(resp, "")
             try:

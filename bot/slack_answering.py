@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
@@ -19,8 +18,8 @@ from slack_sdk.webhook import WebhookClient
 
 from bot import slack_blocks as blocks
 from bot.answer import Answer
-from bot.errors import BackendUnavailable, UserFacingError
-from bot.exchange_log import exchange_fields
+from bot.errors import BackendUnavailable, UserFacingError, new_error_id
+from bot.exchange_log import log_answer
 from bot.policy import clean_question
 from bot.prompt import Turn
 from bot.ratelimit import wait_message
@@ -52,10 +51,6 @@ class Ask:
     assistant: bool = False  # a Slack assistant thread: status lines and a title
     quote_question: bool = False  # /ask: the channel can't see the question, so show it
     response_url: str | None = None  # /ask: where to answer when the bot can't post in the channel
-
-
-def new_error_id() -> str:
-    return uuid.uuid4().hex[:8]
 
 
 def submit(ctx: SlackContext, ask: Ask, notify: Callable[[str], None] | None = None) -> bool:
@@ -152,15 +147,13 @@ def _answer(ctx: SlackContext, ask: Ask, reply: Reply) -> None:
                                    render=partial(blocks.streaming_message, title))
     try:
         result = ctx.answerer.answer(
-            ask.text, domain=route.domain, method=route.method if route.domain else None, history=history,
+            ask.text, route=route, history=history,
             channel=ask.channel, channel_name=ctx.channel_name(ask.channel), is_dm=ask.is_dm,
             on_token=stream.feed if stream else None,
         )
     finally:
         if stream:
             stream.close()
-    if route.domain and route.scores:  # keep the router's scores: answer() was told the domain, so it has none
-        result = replace(result, route=route)
     placeholder_ts = reply.ts
     exchange_id = log_exchange(ctx, ask, result, placeholder_ts, started)
     reply.show(render(ctx, ask, result, exchange_id))
@@ -206,11 +199,10 @@ def assistant_status(ctx: SlackContext, ask: Ask, status: str, *, title: str | N
 
 
 def log_exchange(ctx: SlackContext, ask: Ask, result: Answer, message_ts: str | None, started: float) -> int:
-    fields = exchange_fields(result, ask.text)
-    fields["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)  # what the user waited
-    return ctx.store.log_exchange(
-        source=f"slack:{ask.source}", channel=ask.channel, user=ask.user, thread_ts=ask.thread_ts,
-        message_ts=message_ts, event_key=ask.event_key, **fields,
+    return log_answer(
+        ctx.settings, result, ask.text, source=f"slack:{ask.source}", store=ctx.store, channel=ask.channel,
+        user=ask.user, thread_ts=ask.thread_ts, message_ts=message_ts, event_key=ask.event_key,
+        latency_ms=round((time.perf_counter() - started) * 1000, 1),  # what the user waited, queue included
     )
 
 

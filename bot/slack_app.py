@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from slack_bolt import Ack, App, Assistant, BoltResponse
@@ -21,7 +20,7 @@ from bot import slack_events as events
 from bot import slack_feedback as feedback
 from bot.answer import Answerer
 from bot.config import Settings
-from bot.errors import UserFacingError
+from bot.errors import UserFacingError, new_error_id
 from bot.slack_context import SlackContext, Workers, make_client
 from bot.slack_ingress import quiet_slack_logging
 from bot.store import Store
@@ -126,7 +125,7 @@ def register(app: App, ctx: SlackContext) -> None:
 
     @app.error
     def failed(error: Exception) -> None:
-        log.error("Slack listener failed [error %s]", uuid.uuid4().hex[:8], exc_info=error)
+        log.error("Slack listener failed [error %s]", new_error_id(), exc_info=error)
 
 
 def start_socket_mode(app: App, settings: Settings) -> SocketModeHandler:

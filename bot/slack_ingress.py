@@ -13,13 +13,14 @@ import logging
 import re
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 from slack_bolt import App, BoltRequest
+
+from bot.errors import new_error_id
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ class _SlackHandler(BaseHTTPRequestHandler):
         try:
             resp = self.server.app.dispatch(BoltRequest(body=text, query=query, headers=headers))
         except Exception:  # a bug in a listener: never show it to Slack, keep it findable in the logs
-            error_id = uuid.uuid4().hex[:8]
+            error_id = new_error_id()
             log.exception("dispatch failed [error %s]", error_id)
             self._reply(500, f'{{"error":"internal error {error_id}"}}'.encode())
             return

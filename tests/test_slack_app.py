@@ -168,6 +168,19 @@ def test_a_mention_is_answered_in_its_thread_with_citations(bot: Bot):
     assert feedback_buttons == [str(row["id"])] * 2
 
 
+def test_a_question_is_routed_once_and_its_scores_are_logged(bot: Bot, quick: Answerer, monkeypatch):
+    router = type(quick.router)
+    calls = []
+    original = router.route
+    monkeypatch.setattr(router, "route", lambda self, *a, **kw: calls.append(a) or original(self, *a, **kw))
+    ts = bot.say("<@UBOT> What are the early symptoms of type 2 diabetes?")
+    bot.wait_final(CHANNEL, ts)
+    [row] = bot.exchanges()
+    assert len(calls) == 1
+    scores = json.loads(row["router_scores"]) if isinstance(row["router_scores"], str) else row["router_scores"]
+    assert scores["medical"] == max(scores.values()) > 0
+
+
 def test_a_dm_is_answered_in_the_dm(bot: Bot):
     bot.say("Is Huntington disease inherited?", channel=DM, mention=False)
     [final] = bot.wait_final(DM, None)  # top level of the DM, not a thread

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bot import adapters as adapter_store
 from bot.config import ROOT, Settings, load_settings
 from bot.domains import Domain
 from bot.errors import UserFacingError
@@ -388,16 +389,9 @@ def record_metrics(domain: Domain, result: EvalResult, base: EvalResult | None =
     """Write an adapter's eval summary into its meta.json (atomically), for `domainbot adapters`."""
     if result.adapter == "base":
         return
-    path = domain.adapters_dir / result.adapter / "meta.json"
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError):
-        meta = {}
     summary = {t: {k: round(v, 4) if isinstance(v, float) else v for k, v in s.items()} for t, s in result.tasks.items()}
-    meta["metrics"] = {"overall": round(result.overall, 4), "tasks": summary, "retrieval": result.retrieval,
-                       "limit": result.limit, "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    metrics = {"overall": round(result.overall, 4), "tasks": summary, "retrieval": result.retrieval,
+               "limit": result.limit, "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if base is not None:
-        meta["metrics"]["base"] = {t: round(s["score"], 4) for t, s in base.tasks.items()}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    tmp.replace(path)
+        metrics["base"] = {t: round(s["score"], 4) for t, s in base.tasks.items()}
+    adapter_store.update_meta(domain.adapters_dir / result.adapter, metrics=metrics)

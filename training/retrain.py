@@ -15,7 +15,6 @@ per domain at a time (a file lock); a run left "running" by a dead process is ma
 from __future__ import annotations
 
 import fcntl
-import json
 import random
 import shutil
 from collections.abc import Callable, Iterator, Mapping
@@ -218,15 +217,7 @@ def judge(domain: Domain, candidate: str, current: str, cfg: RetrainConfig, sett
 
 def note_verdict(version_dir: Path, ok: bool, reason: str) -> None:
     """Write the gate's verdict into the candidate's meta.json, so `domainbot adapters` can show it."""
-    meta_path = version_dir / adapters.META_FILE
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError):
-        meta = {}
-    meta["gate"] = {"promoted": ok, "reason": reason}
-    tmp = meta_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    tmp.replace(meta_path)
+    adapters.update_meta(version_dir, gate={"promoted": ok, "reason": reason})
 
 
 def refit_router(settings: Settings, store: Store, domains: Mapping[str, Domain], retriever=None) -> dict:

@@ -265,8 +265,10 @@ def write_peft(plan: Plan) -> list[Path]:
         model = peft_from_gguf(base, a.gguf)
         staging = a.folder / ".peft-tmp"
         shutil.rmtree(staging, ignore_errors=True)
-        model.save_pretrained(str(staging))
-        model.unload()  # take the LoRA layers out of the cached base again
+        try:
+            model.save_pretrained(str(staging))
+        finally:
+            model.unload()  # take the LoRA layers out of the cached base again, even when saving failed
         shutil.rmtree(a.peft, ignore_errors=True)  # an incomplete folder from an earlier attempt
         staging.rename(a.peft)
         written.append(a.peft)
