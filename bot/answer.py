@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from bot import adapters as adapter_store
 from bot import policy
 from bot.config import Settings
-from bot.domains import Discovery, Domain, UnknownDomain, discover
+from bot.domains import Discovery, Domain, discover
 from bot.errors import UserFacingError
 from bot.llm import AdapterMismatch, Runtime
 from bot.prompt import Passage, Turn, build_messages
@@ -138,10 +138,7 @@ class Answerer:
         return build()
 
     def domain(self, name: str) -> Domain:
-        try:
-            return self.discovery.get(name)
-        except UnknownDomain as exc:
-            raise UserFacingError(str(exc)) from None
+        return self.discovery.get(name)  # UnknownDomain is a UserFacingError naming the known domains
 
     def route(self, question: str, domain: str | None = None) -> RouteResult:
         if domain is not None:

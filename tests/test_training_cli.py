@@ -21,6 +21,8 @@ def test_flags_become_the_config_and_the_recorded_command():
     command = train_command(args)
     assert command.startswith("domainbot train finance --extra-file train_tfns_full.jsonl --cap tatqa_hybrid_qa=300")
     assert "--balance tfns_sentiment" in command and "--batch-size 64" in command and "--seed 0" in command
+    assert "--micro-tokens 8192" in command and "--device cuda" in command
+    assert "--device" not in train_command(_args())  # auto is the default
 
 
 def test_the_micro_batch_cap_does_not_change_which_run_it_is():

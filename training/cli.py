@@ -110,12 +110,12 @@ def train_command(args: argparse.Namespace) -> str:
     """The command line that reproduces this run (recorded in meta.json)."""
     flags = {"max_steps": "--max-steps", "max_examples": "--max-examples", "epochs": "--epochs", "rank": "--rank",
              "alpha": "--alpha", "lr": "--lr", "batch_size": "--batch-size", "base_model": "--base-model",
-             "warm_start": "--warm-start", "merged": "--merged"}
+             "warm_start": "--warm-start", "merged": "--merged", "micro_tokens": "--micro-tokens"}
     parts = ["domainbot", "train", args.domain]
     parts += [f"--extra-file {shlex.quote(f)}" for f in args.extra_file] + [f"--cap {c}" for c in args.cap]
     parts += [f"--balance {t}" for t in args.balance]
     parts += [f"{flag} {shlex.quote(str(getattr(args, k)))}" for k, flag in flags.items() if getattr(args, k) is not None]
-    parts += [f"--seed {args.seed}", f"--threads {args.threads}"]
+    parts += [f"--seed {args.seed}", f"--threads {args.threads}"] + ([f"--device {args.device}"] if args.device != "auto" else [])
     parts += [flag for k, flag in (("no_bf16", "--no-bf16"), ("no_peft", "--no-peft"), ("promote", "--promote")) if getattr(args, k)]
     return " ".join(parts)
 
