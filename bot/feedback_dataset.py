@@ -191,7 +191,7 @@ def build(
             out.counts["stale"] = out.counts.get("stale", 0) + 1
         else:
             out.examples.append(example)
-    out.review = sorted((j for j in judged if j.status == "needs_review"), key=lambda j: -j.exchange["id"])
+    out.review = needs_review(judged)
     return out
 
 
@@ -201,11 +201,11 @@ def usable_source_ids(store, domain_name: str) -> list[str]:
     return [j.source_id for j in judged if j.target is not None]
 
 
-def review_items(store, domain_name: str | None = None, limit: int = 20) -> list[Judged]:
-    """The latest 👎 answers without a correction, for the domain owner."""
-    judged = judge(store.exchanges(domain_name), store.feedback(domain_name))
-    flagged = [j for j in judged if j.status == "needs_review"]
-    return sorted(flagged, key=lambda j: -j.exchange["id"])[:limit]
+def needs_review(judged: Iterable[Judged], limit: int | None = None) -> list[Judged]:
+    """The 👎 answers without a correction, newest first: what the domain owner should look at."""
+    flagged = sorted((j for j in judged if j.status == "needs_review"), key=lambda j: -j.exchange["id"])
+    return flagged[:limit]
+
 
 
 def index_lookup(retriever, domain) -> ChunkLookup:

@@ -355,7 +355,7 @@ def write_report(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
         f"<h2>Summary</h2>{_summary_html(rows)}<h2>Plots</h2>{images}"
-        f"<h2>Latest 👎 to review</h2>{_review_html(fd.review_items(store, domain, review_limit))}"
+        f"<h2>Latest 👎 to review</h2>{_review_html(fd.needs_review(fd.judge(exchanges, feedback), review_limit))}"
         "</body></html>"
     )
     path = out_dir / "index.html"

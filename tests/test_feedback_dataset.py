@@ -176,9 +176,15 @@ def test_other_domains_are_ignored(store: Store, finance) -> None:
     assert fd.usable_source_ids(store, "legal") == [f"exchange-{a}"]
 
 
-def test_review_items_newest_first(store: Store) -> None:
-    ids = [ask(store, f"q{i}") for i in range(3)]
-    for i, a in enumerate(ids):
+def test_answers_to_review_are_the_downvoted_ones_newest_first(store: Store) -> None:
+    ids = [ask(store, f"q{i}") for i in range(4)]
+    for i, a in enumerate(ids[:3]):
         vote(store, a, "-1", "U1", f"k{i}")
-    assert [j.exchange["id"] for j in fd.review_items(store, "finance", limit=2)] == [ids[2], ids[1]]
-    assert fd.review_items(store, "legal") == []
+    vote(store, ids[3], "+1", "U1", "k3")
+
+    def review(domain: str, limit: int | None = None) -> list[int]:
+        return [j.exchange["id"] for j in fd.needs_review(fd.judge(store.exchanges(domain), store.feedback(domain)), limit)]
+
+    assert review("finance", limit=2) == [ids[2], ids[1]]
+    assert review("finance") == [ids[2], ids[1], ids[0]]
+    assert review("legal") == []
