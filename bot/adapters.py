@@ -13,6 +13,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from bot.errors import UserFacingError
+
 VERSION_RE = re.compile(r"^v(\d+)$")
 POINTER = "current"
 ADAPTER_FILE = "adapter.gguf"
@@ -107,8 +109,8 @@ HISTORY_FILE = "history.jsonl"  # one JSON line per pointer change: {time, actio
 LOCK_FILE = ".pointer.lock"
 
 
-class AdapterError(ValueError):
-    """A promote/rollback that cannot be done; the message says why."""
+class AdapterError(UserFacingError, ValueError):
+    """A promote/rollback that cannot be done; the message says why (and is shown to the operator as is)."""
 
 
 def history(adapters_dir: Path) -> list[dict]:

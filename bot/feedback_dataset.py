@@ -207,7 +207,6 @@ def needs_review(judged: Iterable[Judged], limit: int | None = None) -> list[Jud
     return flagged[:limit]
 
 
-
 def index_lookup(retriever, domain) -> ChunkLookup:
     """Chunk id -> Passage from the domain's built index (the same text the answer was given)."""
     chunks = {c.chunk_id: c for c in retriever.load(domain).chunks}

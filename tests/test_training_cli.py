@@ -35,3 +35,14 @@ def test_the_micro_batch_cap_does_not_change_which_run_it_is():
 def test_a_malformed_cap_is_refused_with_an_example(cap):
     with pytest.raises(UserFacingError, match=r"--cap wants TASK=N \(e\.g\. tfns_sentiment=3000\)"):
         train_config(_args("--cap", cap))
+
+
+def test_promoting_a_missing_version_is_a_message_and_changes_nothing(capsys):
+    from bot.cli import main
+    from bot.config import ROOT
+
+    pointer = ROOT / "domains" / "finance" / "adapters" / "current"
+    before = pointer.read_text()
+    assert main(["promote", "finance", "v99"]) == 2
+    assert "domainbot: no adapter v99 in " in capsys.readouterr().err
+    assert pointer.read_text() == before

@@ -9,6 +9,7 @@ from pathlib import Path
 from bot import adapters as store
 from bot.config import Settings
 from bot.errors import UserFacingError
+from training.dataset import resolve_domain
 
 
 def register(sub) -> None:
@@ -77,12 +78,6 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_rollback)
 
 
-def _domain(name: str, settings: Settings):
-    from training.dataset import resolve_domain
-
-    return resolve_domain(name, settings)
-
-
 def parse_caps(items: list[str]) -> dict[str, int]:
     caps = {}
     for item in items:
@@ -125,7 +120,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from training.finetune import config_examples, load_base, served_gguf, train
     from training.runs import save_run
 
-    domain = _domain(args.domain, settings)
+    domain = resolve_domain(args.domain, settings)
     cfg = train_config(args)
     base = Path(cfg.base_model) if cfg.base_model else served_gguf(settings)
     if base.suffix != ".gguf":
@@ -164,7 +159,7 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     from training.export import publish
     from training.runs import load_run
 
-    domain = _domain(args.domain, settings)
+    domain = resolve_domain(args.domain, settings)
     result, examples, command = load_run(args.run, domain, settings)
     version = publish(result, examples, adapters_dir=domain.adapters_dir, base_gguf=Path(result.base_model),
                       threads=args.threads, command=command)
@@ -176,7 +171,7 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     from bot.answer import Answerer
     from training.evaluate import cached, evaluate, record_metrics, save_results, table
 
-    domain = _domain(args.domain, settings)
+    domain = resolve_domain(args.domain, settings)
     if args.retrieval_only:
         from training.evaluate import retrieval_only
 
@@ -211,7 +206,7 @@ def cmd_adapters(args: argparse.Namespace, settings: Settings) -> int:
         return export_main(args.export_args, settings)
     if args.export_args:
         raise UserFacingError(f"unexpected arguments after the domain: {' '.join(args.export_args)}")
-    domain = _domain(args.domain, settings)
+    domain = resolve_domain(args.domain, settings)
     live = store.current(domain.adapters_dir)
     found = store.versions(domain.adapters_dir)
     if not found:
@@ -231,20 +226,14 @@ def cmd_adapters(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
-    domain = _domain(args.domain, settings)
-    try:
-        store.promote(domain.adapters_dir, args.version)
-    except store.AdapterError as exc:
-        raise UserFacingError(str(exc)) from None
+    domain = resolve_domain(args.domain, settings)
+    store.promote(domain.adapters_dir, args.version)
     print(f"{domain.name}: {args.version} is now live")
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
-    domain = _domain(args.domain, settings)
-    try:
-        now = store.rollback(domain.adapters_dir)
-    except store.AdapterError as exc:
-        raise UserFacingError(str(exc)) from None
+    domain = resolve_domain(args.domain, settings)
+    now = store.rollback(domain.adapters_dir)
     print(f"{domain.name}: rolled back; {now} is now live")
     return 0
