@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from bot.llm_openai import (
     normalise_base_url,
     sse_data,
 )
+from bot.testing.net import free_port
 
 URL = "http://inference.test:8000/v1"
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is EBITDA?"}]
@@ -312,12 +312,6 @@ def test_checking_an_adapter_on_a_down_server_says_the_server_is_down(tmp_path):
     rt = runtime_for(Script(httpx.ConnectError("Connection refused")), retries=1)
     with pytest.raises(BackendUnavailable, match="not reachable"):
         rt.ensure_adapter("finance:v1", tmp_path / "adapter.gguf")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_a_real_refused_connection_is_reported_with_the_url():

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pytest
 
 from bot.config import ROOT
 from bot.store import Store
+from bot.testing.net import free_port
 from bot.testing.slack_kit import (
     BOT_TOKEN,
     CHANNEL,
@@ -35,12 +35,6 @@ pytestmark = pytest.mark.slow
 
 QUESTION = "<@UBOT> What are the early symptoms of type 2 diabetes?"
 OTHER = "<@UBOT> How is high blood pressure treated?"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -10,6 +10,7 @@ import shutil
 import pytest
 
 from bot.config import ROOT, Settings
+from bot.testing.net import free_port
 from training import finetune
 from training.dataset import load_examples
 from training.finetune import TrainConfig, TrainingError, batch_order, lr_at, train
@@ -165,14 +166,6 @@ if r.rank == 0:
 """
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_launched_processes_take_the_single_process_steps(tiny_base, tiny_examples, tmp_path):
     """Two processes as `accelerate launch --multi_gpu` starts them (torchrun; gloo on CPU here, NCCL on GPUs): each process takes half of every batch and the
     summed gradients make the same update, so the LoRA weights match one process's run."""
@@ -185,7 +178,7 @@ def test_two_launched_processes_take_the_single_process_steps(tiny_base, tiny_ex
     script = tmp_path / "launched.py"
     script.write_text(_LAUNCHED)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(script), str(tiny_base), str(tmp_path / "dp")]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
