@@ -30,10 +30,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bot import adapters as adapter_store  # noqa: E402
-from bot import llama_lora  # noqa: E402
 from bot.answer import Answerer, warm_up  # noqa: E402
 from bot.config import load_settings  # noqa: E402
-from bot.testing_lora import write_lora  # noqa: E402
+from bot.llm import llama_lora  # noqa: E402
+from bot.testing.lora import write_lora  # noqa: E402
 
 TYPICAL = [
     "What are the early symptoms of type 2 diabetes?",
@@ -151,7 +151,7 @@ def rss():
             return int(line.split()[1]) / 1024
 if mode == "shared":
     from bot.config import Settings
-    from bot.llm import Runtime
+    from bot.llm.llama import Runtime
     from pathlib import Path
     rt = Runtime(Settings(model_path=Path(model)))
     for i, p in enumerate(paths):
@@ -184,8 +184,8 @@ def bench_retrieval(answerer: Answerer, target: int, queries: int) -> dict:
     """Replicate the real chunks (vectors + small noise) up to `target`, then time hybrid search."""
     import faiss
 
-    from bot.keyword_index import BM25
-    from bot.retrieval import LoadedIndex, _make_faiss
+    from bot.retrieval.bm25 import BM25
+    from bot.retrieval.index import LoadedIndex, _make_faiss
 
     real = [answerer.retriever.load(d) for d in answerer.discovery.domains.values()]
     chunks = [c for r in real for c in r.chunks]

@@ -107,10 +107,10 @@ def build_requests(n: int) -> list[Request]:
     from bot import adapters as adapter_store
     from bot.config import load_settings
     from bot.domains import discover
-    from bot.llm import resolve_model_path
-    from bot.llm_openai import VocabTokenizer
+    from bot.llm.llama import resolve_model_path
+    from bot.llm.openai import VocabTokenizer
     from bot.prompt import build_messages
-    from bot.retrieval import Retriever
+    from bot.retrieval.index import Retriever
 
     settings = load_settings()
     domains = discover(settings.domains_dir, settings.domain_allowlist).domains
@@ -137,7 +137,7 @@ def build_requests(n: int) -> list[Request]:
 
 def worker(threads: int, max_tokens: int, jobs, results, ready, go, done) -> None:
     from bot.config import load_settings
-    from bot.llm import Runtime
+    from bot.llm.llama import Runtime
 
     rt = Runtime(load_settings().with_(n_threads=threads or 0, max_tokens=max_tokens))  # decode and prompt threads
     rt.generate([{"role": "user", "content": "hi"}], max_tokens=2)  # first decode outside the clock

@@ -17,9 +17,9 @@ from bot import policy
 from bot.config import Settings
 from bot.domains import Discovery, Domain, discover
 from bot.errors import UserFacingError
-from bot.llm import AdapterMismatch, Runtime
+from bot.llm.llama import AdapterMismatch, Runtime
 from bot.prompt import Passage, Turn, build_messages
-from bot.retrieval import Retriever
+from bot.retrieval.index import Retriever
 from bot.router import Router, RouteResult
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def _stored_router_examples(settings: Settings) -> dict[str, list[str]]:
     if not settings.db_path.exists():
         return {}
     try:
-        from bot.store import Store
+        from bot.store.store import Store
 
         with Store.from_settings(settings) as store:
             return store.router_examples()
@@ -106,7 +106,7 @@ class Answerer:
         discovery = discover(settings.domains_dir, settings.domain_allowlist)
         for folder, reason in discovery.errors.items():
             log.error("domain %s not loaded: %s", folder, reason)
-        from bot.backends import make_runtime  # embedded llama.cpp or an OpenAI-compatible server
+        from bot.llm.backends import make_runtime  # embedded llama.cpp or an OpenAI-compatible server
 
         answerer = cls(settings, discovery, Retriever(settings), make_runtime(settings))
         answerer._extra_router_examples = _stored_router_examples(settings)

@@ -29,7 +29,7 @@ def exchange_fields(answer: Answer, question: str) -> dict:
 
 def log_answer(settings: Settings, answer: Answer, question: str, *, source: str, store=None, **extra) -> int | None:
     """`extra`: more columns (channel, user, ...); they win over the Answer's, e.g. the latency a Slack user waited."""
-    from bot.store import Store
+    from bot.store.store import Store
 
     own = store is None
     store = store or Store.from_settings(settings)

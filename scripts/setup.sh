@@ -56,7 +56,7 @@ fi
 # The first decode is where the AMX crash showed: fail set-up, not the user's first question.
 HF_HUB_OFFLINE=1 "$VENV/bin/python" - <<'PY'
 from bot.config import load_settings
-from bot.llm import Runtime
+from bot.llm.llama import Runtime
 rt = Runtime(load_settings())
 out = rt.generate([{"role": "user", "content": "Say hello."}], max_tokens=4)
 assert out.completion_tokens > 0, "the model produced no tokens"

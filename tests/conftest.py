@@ -38,7 +38,7 @@ def base_settings(tmp_path_factory) -> Settings:
 @pytest.fixture(scope="session")
 def built_indexes(base_settings) -> Path:
     from bot.domains import discover
-    from bot.retrieval import Retriever
+    from bot.retrieval.index import Retriever
 
     retriever = Retriever(base_settings)
     for domain in discover(base_settings.domains_dir).domains.values():
@@ -54,14 +54,14 @@ def settings(base_settings, built_indexes, tmp_path) -> Settings:
 
 @pytest.fixture(scope="session")
 def embedder(base_settings):
-    from bot.embeddings import get_embedder
+    from bot.retrieval.embeddings import get_embedder
 
     return get_embedder(None)
 
 
 @pytest.fixture(scope="session")
 def runtime(base_settings):
-    from bot.llm import Runtime
+    from bot.llm.llama import Runtime
 
     rt = Runtime(base_settings)
     yield rt
@@ -73,7 +73,7 @@ def answerer(base_settings, built_indexes, runtime, embedder):
     """The real answering path: real model, real FAISS, the shipped adapters."""
     from bot.answer import Answerer
     from bot.domains import discover
-    from bot.retrieval import Retriever
+    from bot.retrieval.index import Retriever
 
     return Answerer(base_settings, discover(base_settings.domains_dir), Retriever(base_settings, embedder), runtime)
 

@@ -5,8 +5,8 @@ from bot.answer import Answerer, citations_for, render_text, render_trailer
 from bot.domains import discover
 from bot.errors import InputError, UserFacingError
 from bot.prompt import Passage, Turn
-from bot.retrieval import Retriever
-from bot.testing_lora import write_lora
+from bot.retrieval.index import Retriever
+from bot.testing.lora import write_lora
 
 
 def test_domain_question_gets_cited_answer(answerer):
@@ -110,7 +110,7 @@ def test_adapter_hot_reload_and_mismatch_falls_back_to_base(base_settings, built
 
 
 def test_router_learns_stored_reroutes(settings, runtime):
-    from bot.store import Store
+    from bot.store.store import Store
 
     with Store.from_settings(settings) as store:
         xid = store.log_exchange(source="slack", question="quokka census numbers please", answer="", domain=None,

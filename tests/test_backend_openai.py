@@ -20,11 +20,11 @@ import httpx
 import pytest
 
 from bot import adapters as adapter_store
-from bot.backends import BACKENDS, make_runtime
 from bot.config import ConfigError, Settings
 from bot.errors import BackendUnavailable, UserFacingError
-from bot.llm import AdapterMismatch
-from bot.llm_openai import (
+from bot.llm.backends import BACKENDS, make_runtime
+from bot.llm.llama import AdapterMismatch
+from bot.llm.openai import (
     SAMPLING,
     BackendError,
     OpenAIRuntime,
@@ -328,7 +328,7 @@ def test_a_real_refused_connection_is_reported_with_the_url():
 
 def test_counts_tokens_with_the_local_gguf_vocabulary():
     """The vocab-only tokenizer of the same GGUF counts like the embedded runtime (no weights loaded)."""
-    from bot.llm import embedded_model_path
+    from bot.llm.llama import embedded_model_path
 
     rt = OpenAIRuntime(Settings(llm_backend="openai", llm_base_url=URL))
     try:
@@ -361,7 +361,7 @@ def adapter_domains(tmp_path_factory) -> Path:
     import shutil
 
     from bot.config import ROOT
-    from bot.testing_lora import write_lora
+    from bot.testing.lora import write_lora
 
     dst = tmp_path_factory.mktemp("served") / "domains"
     shutil.copytree(ROOT / "domains", dst, ignore=shutil.ignore_patterns("checkpoints", "runs", "peft"))
@@ -412,7 +412,7 @@ def llama_server(adapter_domains, base_settings, tmp_path_factory) -> Iterator[s
 def _answerer(settings: Settings, domains: Path, runtime, embedder):
     from bot.answer import Answerer
     from bot.domains import discover
-    from bot.retrieval import Retriever
+    from bot.retrieval.index import Retriever
 
     s = settings.with_(domains_dir=domains)
     return Answerer(s, discover(domains), Retriever(s, embedder), runtime)
@@ -481,9 +481,9 @@ def test_cli_ask_with_the_server_down_exits_2_with_a_clear_message(down_url, set
 @pytest.mark.slow
 def test_slack_user_gets_a_short_notice_and_the_question_is_kept(down_url, settings, answerer, tmp_path):
     from bot.answer import Answerer
-    from bot.slack_app import build
-    from bot.slack_ingress import start_http
-    from bot.store import Store
+    from bot.slack.app import build
+    from bot.slack.ingress import start_http
+    from bot.store.store import Store
     from bot.testing.slack_kit import BOT_TOKEN, CHANNEL, SIGNING_SECRET, FakeSlack, app_mention, post_event
 
     s = settings.with_(llm_backend="openai", llm_base_url=down_url, db_path=tmp_path / "slack.db",

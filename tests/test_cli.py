@@ -28,7 +28,7 @@ def test_ask_json_routes_to_medical_and_cites(env, capsys):
 
 
 def test_ask_is_logged_to_the_store(env, capsys):
-    from bot.store import Store
+    from bot.store.store import Store
 
     main(["ask", "How is asthma treated?"])
     rows = Store(env.db_path).query("select domain, source from exchanges")

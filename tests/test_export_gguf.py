@@ -100,7 +100,7 @@ def test_warm_start_can_rebuild_peft_weights_from_the_gguf(trained):
 def test_loads_into_the_runtime_and_answers_through_the_serving_path(trained, runtime, embedder, base_settings):
     from bot.answer import Answerer
     from bot.domains import discover
-    from bot.retrieval import Retriever
+    from bot.retrieval.index import Retriever
 
     settings = base_settings.with_(domains_dir=trained / "domains")
     answerer = Answerer(settings, discover(settings.domains_dir), Retriever(settings, embedder), runtime)
@@ -157,7 +157,7 @@ def test_verification_failure_is_not_published(trained, tmp_path):
 
 def test_adapter_for_another_base_is_refused(trained, capsys, runtime):
     from bot.cli import main
-    from bot.llm import AdapterMismatch
+    from bot.llm.llama import AdapterMismatch
 
     adapters_dir = trained / "domains" / "finance" / "adapters"
     shutil.copytree(adapters_dir / "v1", adapters_dir / "v9", ignore=shutil.ignore_patterns("peft"))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bot.cli import main
-from bot.store import Store
+from bot.store.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from bot import feedback_dataset as fd
 from bot.domains import discover
 from bot.prompt import Passage
-from bot.store import Store
+from bot.store.store import Store
+from training import feedback as fd
 
 ROOT = Path(__file__).resolve().parent.parent
 

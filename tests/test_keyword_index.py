@@ -1,4 +1,4 @@
-from bot.keyword_index import BM25, terms
+from bot.retrieval.bm25 import BM25, terms
 
 
 def test_terms_drop_stopwords_and_case():

@@ -2,10 +2,10 @@ import threading
 
 import pytest
 
-from bot import llama_lora
 from bot.errors import ModelNotFound
-from bot.llm import AdapterMismatch, Runtime, embedded_model_path, resolve_model_path
-from bot.testing_lora import write_lora
+from bot.llm import llama_lora
+from bot.llm.llama import AdapterMismatch, Runtime, embedded_model_path, resolve_model_path
+from bot.testing.lora import write_lora
 
 MSG = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a colour."}]
 

@@ -20,10 +20,10 @@ import pytest
 from bot import adapters
 from bot.answer import Answerer
 from bot.domains import discover
-from bot.retrieval import Retriever
-from bot.slack_app import build
-from bot.slack_ingress import start_http
-from bot.store import Store
+from bot.retrieval.index import Retriever
+from bot.slack.app import build
+from bot.slack.ingress import start_http
+from bot.store.store import Store
 from bot.testing.slack_kit import (
     BOT_TOKEN,
     BOT_USER_ID,

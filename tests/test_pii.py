@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.pii import DETECTORS, contains_pii, iban_ok, luhn_ok, scrub, scrub_counted
+from bot.store.pii import DETECTORS, contains_pii, iban_ok, luhn_ok, scrub, scrub_counted
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -19,7 +19,7 @@ from urllib.request import urlopen
 import pytest
 
 from bot.config import ROOT
-from bot.store import Store
+from bot.store.store import Store
 from bot.testing.net import free_port
 from bot.testing.slack_kit import (
     BOT_TOKEN,

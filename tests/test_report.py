@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bot import report
-from bot.store import Store
+from bot.store.store import Store
+from training import report
 
 
 class Clock:

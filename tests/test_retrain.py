@@ -11,9 +11,9 @@ from bot import adapters
 from bot.config import load_settings
 from bot.domains import discover
 from bot.errors import UserFacingError
-from bot.retrain_worker import due_domains, run_once
-from bot.store import Store
+from bot.store.store import Store
 from training import retrain as rt
+from training.worker import due_domains, run_once
 
 ROOT = Path(__file__).resolve().parent.parent
 

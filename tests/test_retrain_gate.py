@@ -21,10 +21,10 @@ import pytest
 from bot import adapters
 from bot.answer import Answerer
 from bot.domains import discover
-from bot.retrieval import Retriever
-from bot.store import Store
+from bot.retrieval.index import Retriever
+from bot.store.store import Store
+from bot.testing.lora import write_lora
 from bot.testing.workspace import linked_workspace
-from bot.testing_lora import write_lora
 from training import retrain as rt
 from training.dataset import read_jsonl, user_text
 

@@ -6,7 +6,7 @@ import pytest
 from bot.config import ROOT
 from bot.domains import discover
 from bot.errors import IndexError_
-from bot.retrieval import Doc, Retriever, chunk_doc, docs_hash, load_docs
+from bot.retrieval.index import Doc, Retriever, chunk_doc, docs_hash, load_docs
 
 TOML = """name = "{name}"
 description = "Tiny test domain."

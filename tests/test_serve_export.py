@@ -10,8 +10,8 @@ import pytest
 
 from bot import adapters as adapter_store
 from bot.config import Settings
-from bot.llm import embedded_model_path
-from bot.testing_lora import write_lora
+from bot.llm.llama import embedded_model_path
+from bot.testing.lora import write_lora
 from training.serve_export import (
     ExportError,
     choose_target,

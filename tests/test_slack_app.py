@@ -22,11 +22,11 @@ from slack_bolt import App
 from bot.answer import Answerer
 from bot.config import ROOT, Settings
 from bot.domains import Discovery
-from bot.slack_app import build, start_socket_mode
-from bot.slack_blocks import ANSWER_BLOCK
-from bot.slack_context import SlackContext
-from bot.slack_ingress import SlackHTTPServer, start_http
-from bot.store import Store
+from bot.slack.app import build, start_socket_mode
+from bot.slack.blocks import ANSWER_BLOCK
+from bot.slack.context import SlackContext
+from bot.slack.ingress import SlackHTTPServer, start_http
+from bot.store.store import Store
 from bot.testing.slack_kit import (
     APP_TOKEN,
     BOT_TOKEN,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bot import slack_blocks as blocks
 from bot.answer import Answer, Citation
 from bot.domains import Domain
 from bot.router import RouteResult
+from bot.slack import blocks
 
 
 def make_answer(text="The term renews **automatically** [1].", kind="answer", citations=None, notes=()):

@@ -10,8 +10,8 @@ import time
 import pytest
 from slack_sdk import WebClient
 
-from bot.slack_app import make_app
-from bot.slack_ingress import SignatureError, quiet_slack_logging, start_http, verify
+from bot.slack.app import make_app
+from bot.slack.ingress import SignatureError, quiet_slack_logging, start_http, verify
 from bot.testing.slack_kit import (
     BOT_TOKEN,
     SIGNING_SECRET,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.ratelimit import RateLimiter, wait_message
+from bot.slack.ratelimit import RateLimiter, wait_message
 
 
 class Clock:

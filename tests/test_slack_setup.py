@@ -9,7 +9,7 @@ import yaml
 
 from bot.cli import main
 from bot.config import ROOT, Settings
-from bot.slack_cli import missing_settings
+from bot.slack.cli import missing_settings
 
 MANIFEST = yaml.safe_load((ROOT / "slack-manifest.yml").read_text())
 SLACK_SOURCES = sorted((ROOT / "bot").glob("slack_*.py"))

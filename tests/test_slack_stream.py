@@ -6,8 +6,8 @@ import pytest
 from slack_sdk import WebClient
 
 from bot.config import Settings
-from bot.slack_context import make_client
-from bot.slack_stream import MessageStream
+from bot.slack.context import make_client
+from bot.slack.stream import MessageStream
 from bot.testing.slack_kit import BOT_TOKEN, CHANNEL, FakeSlack
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from bot.prompt import Turn
-from bot.slack_blocks import ANSWER_BLOCK
-from bot.slack_text import (
+from bot.slack.blocks import ANSWER_BLOCK
+from bot.slack.text import (
     clean_text,
     correction,
     history_turns,

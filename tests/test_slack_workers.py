@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from bot.slack_context import Workers
+from bot.slack.context import Workers
 
 
 def test_a_full_pool_refuses_and_frees_slots_as_jobs_finish():

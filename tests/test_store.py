@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bot import migrations
-from bot.store import Store, UnknownExchange, hash_value
+from bot.store import migrations
+from bot.store.store import Store, UnknownExchange, hash_value
 
 SLACK_USER = "U0CANARY42"
 

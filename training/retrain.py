@@ -1,6 +1,6 @@
 """`domainbot retrain <domain>`: incremental fine-tuning from feedback, behind an evaluation gate.
 
-1. Gather the feedback examples not yet in a promoted adapter (`bot.feedback_dataset`), mixed with a replay
+1. Gather the feedback examples not yet in a promoted adapter (`training.feedback`), mixed with a replay
    sample of train.jsonl so the domain doesn't forget what it knew.
 2. Warm-start from the live adapter and train a few steps; export and verify the candidate as a new version
    folder (`training.export.publish` stages it and renames it into place, so a crash leaves no half version).
@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from bot import adapters
-from bot import feedback_dataset as fd
 from bot.config import Settings
 from bot.domains import Domain, discover
 from bot.errors import UserFacingError
-from bot.store import Store
+from bot.store.store import Store
+from training import feedback as fd
 
 LOCK_FILE = ".retrain.lock"
 
@@ -222,7 +222,7 @@ def note_verdict(version_dir: Path, ok: bool, reason: str) -> None:
 
 def refit_router(settings: Settings, store: Store, domains: Mapping[str, Domain], retriever=None) -> dict:
     """Refit the router's examples and threshold from reroute picks; cached where the bot loads it."""
-    from bot.retrieval import Retriever
+    from bot.retrieval.index import Retriever
     from bot.router import Router
 
     extra = store.router_examples()

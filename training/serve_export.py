@@ -1,7 +1,7 @@
 """`domainbot adapters export [domain|all] --format peft|gguf [--target ...]`: how to serve the live adapters.
 
 One inference server serves the base model and every domain's live adapter; Domainbot then runs with
-`DOMAINBOT_LLM_BACKEND=openai` (bot/llm_openai.py). Each target reads a different adapter format:
+`DOMAINBOT_LLM_BACKEND=openai` (bot/llm/openai.py). Each target reads a different adapter format:
 
 | target            | format | how a request picks the adapter                                  |
 |-------------------|--------|------------------------------------------------------------------|
@@ -28,7 +28,7 @@ from bot import adapters as adapter_store
 from bot.config import Settings
 from bot.domains import Domain, discover
 from bot.errors import UserFacingError
-from bot.llm_openai import OPTION_ENV, alias_for, option_value
+from bot.llm.openai import OPTION_ENV, alias_for, option_value
 
 PEFT_DIR = "peft"
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -108,7 +108,7 @@ def live_adapters(domains: list[Domain], alias_template: str, base_alias: str) -
 
 
 def make_plan(settings: Settings, which: str, *, port: int = DEFAULT_PORT, base_hf: str | None = None) -> Plan:
-    from bot.llm import resolve_model_path
+    from bot.llm.llama import resolve_model_path
 
     discovery = discover(settings.domains_dir, settings.domain_allowlist)
     if which == "all":

@@ -4,8 +4,8 @@ server, a v0 request signer, and payload builders shaped like Slack's documented
     with FakeSlack() as slack:
         s = settings.with_(slack_api_url=slack.api_url, slack_bot_token=BOT_TOKEN,
                            slack_signing_secret=SIGNING_SECRET)
-        app, ctx = bot.slack_app.build(s, answerer, Store.from_settings(s))
-        server = bot.slack_ingress.start_http(app, SIGNING_SECRET, host="127.0.0.1", port=0)
+        app, ctx = bot.slack.app.build(s, answerer, Store.from_settings(s))
+        server = bot.slack.ingress.start_http(app, SIGNING_SECRET, host="127.0.0.1", port=0)
         ts = slack.add_message(CHANNEL, "<@UBOT> legal: what is hearsay?")  # so conversations.replies knows it
         status, _ = post_event(server.url, app_mention("<@UBOT> legal: what is hearsay?", ts=ts))
         slack.wait_for(lambda: slack.calls("chat.update"), what="the answer")

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot import feedback_dataset as fd
+from training import feedback as fd
 
 FEEDBACK_SERIES = ("👍", "👎", "correction", "reroute", "opt_out")
 

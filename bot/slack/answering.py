@@ -16,17 +16,17 @@ from functools import partial
 from slack_sdk.errors import SlackApiError
 from slack_sdk.webhook import WebhookClient
 
-from bot import slack_blocks as blocks
 from bot.answer import Answer
 from bot.errors import BackendUnavailable, UserFacingError, new_error_id
 from bot.exchange_log import log_answer
 from bot.policy import clean_question
 from bot.prompt import Turn
-from bot.ratelimit import wait_message
 from bot.router import RouteResult, explicit_prefix
-from bot.slack_context import SlackContext
-from bot.slack_stream import MessageStream
-from bot.slack_text import history_turns
+from bot.slack import blocks
+from bot.slack.context import SlackContext
+from bot.slack.ratelimit import wait_message
+from bot.slack.stream import MessageStream
+from bot.slack.text import history_turns
 
 log = logging.getLogger(__name__)
 

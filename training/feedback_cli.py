@@ -57,7 +57,7 @@ def print_outcome(out) -> None:
 
 
 def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
-    from bot.store import Store
+    from bot.store.store import Store
     from training.retrain import retrain
 
     _discover(settings, args.domain)
@@ -68,8 +68,8 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
-    from bot.report import write_report
-    from bot.store import Store
+    from bot.store.store import Store
+    from training.report import write_report
 
     discovery = _discover(settings, args.domain)
     out_dir = Path(args.out) if args.out else ROOT / "reports" / (args.domain or "all")
@@ -83,8 +83,8 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from bot.retrain_worker import loop, run_once
-    from bot.store import Store
+    from bot.store.store import Store
+    from training.worker import loop, run_once
 
     cfg = _retrain_config(args)
     if args.once:

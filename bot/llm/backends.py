@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Protocol
 
 from bot.config import ConfigError, Settings
-from bot.llm import Generation, TokenCallback
+from bot.llm.llama import Generation, TokenCallback
 
 
 class LLMRuntime(Protocol):
@@ -29,13 +29,13 @@ class LLMRuntime(Protocol):
 
 
 def _embedded(settings: Settings) -> LLMRuntime:
-    from bot.llm import Runtime
+    from bot.llm.llama import Runtime
 
     return Runtime(settings)
 
 
 def _openai(settings: Settings) -> LLMRuntime:
-    from bot.llm_openai import OpenAIRuntime
+    from bot.llm.openai import OpenAIRuntime
 
     return OpenAIRuntime(settings)
 

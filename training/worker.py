@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from bot.config import Settings
 from bot.domains import discover
-from bot.store import Store
+from bot.store.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The durable store: exchanges, feedback, handled Slack events and training runs in one SQLite file.
 
-Privacy happens here, at the only door to the disk: every user-facing text is PII-scrubbed (`bot.pii`) and
+Privacy happens here, at the only door to the disk: every user-facing text is PII-scrubbed (`bot.store.pii`) and
 every Slack user id is replaced by a salted hash before a row is written. Event keys are hashed too, so a
 caller that builds a key from a user id cannot leak it.
 
@@ -25,8 +25,8 @@ from typing import Any
 
 import sqlite_utils
 
-from bot.migrations import migrate
-from bot.pii import scrub, scrub_counted
+from bot.store.migrations import migrate
+from bot.store.pii import scrub, scrub_counted
 
 FEEDBACK_KINDS = frozenset({"reaction", "button", "correction", "reroute", "opt_out"})
 BUSY_TIMEOUT_MS = 30_000

@@ -136,7 +136,7 @@ class Runtime:
         self._call(lambda: self._load_adapter(key, path))
 
     def _load_adapter(self, key: str, path: Path) -> None:
-        from bot import llama_lora
+        from bot.llm import llama_lora
 
         if not path.is_file():
             raise AdapterMismatch(f"adapter file not found: {path}")
@@ -162,7 +162,7 @@ class Runtime:
         return key in self._adapters
 
     def _activate(self, key: str | None) -> None:
-        from bot import llama_lora
+        from bot.llm import llama_lora
 
         if key == self._active:
             return
@@ -262,7 +262,7 @@ class Runtime:
         self._closed = True
         self._queue.put(None)
         self._worker.join(timeout=5)
-        from bot import llama_lora
+        from bot.llm import llama_lora
 
         for handle in self._adapters.values():
             llama_lora.free(handle)

@@ -16,8 +16,8 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from bot.answer import Answerer
 from bot.config import Settings
 from bot.domains import Domain
-from bot.ratelimit import RateLimiter
-from bot.store import Store
+from bot.slack.ratelimit import RateLimiter
+from bot.store.store import Store
 
 log = logging.getLogger(__name__)
 

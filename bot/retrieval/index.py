@@ -25,10 +25,10 @@ from tqdm import tqdm
 
 from bot.config import Settings
 from bot.domains import Domain
-from bot.embeddings import Embedder, get_embedder
 from bot.errors import IndexError_
-from bot.keyword_index import BM25, terms
 from bot.prompt import Passage
+from bot.retrieval.bm25 import BM25, terms
+from bot.retrieval.embeddings import Embedder, get_embedder
 
 log = logging.getLogger(__name__)
 

@@ -23,14 +23,14 @@ def _model_ptr(llm: llama_cpp.Llama):
     try:
         return llm._model.model
     except AttributeError as exc:  # pragma: no cover - only on an incompatible upgrade
-        raise LoraApiMissing("llama_cpp.Llama._model.model moved; update bot/llama_lora.py") from exc
+        raise LoraApiMissing("llama_cpp.Llama._model.model moved; update bot/llm/llama_lora.py") from exc
 
 
 def _ctx_ptr(llm: llama_cpp.Llama):
     try:
         return llm._ctx.ctx
     except AttributeError as exc:  # pragma: no cover
-        raise LoraApiMissing("llama_cpp.Llama._ctx.ctx moved; update bot/llama_lora.py") from exc
+        raise LoraApiMissing("llama_cpp.Llama._ctx.ctx moved; update bot/llm/llama_lora.py") from exc
 
 
 def check_api() -> None:

@@ -8,10 +8,10 @@ import logging
 
 from slack_sdk.errors import SlackApiError
 
-from bot import slack_blocks as blocks
-from bot.slack_context import SlackContext
-from bot.slack_text import latest_answer_ts, reaction_signal
-from bot.store import UnknownExchange
+from bot.slack import blocks
+from bot.slack.context import SlackContext
+from bot.slack.text import latest_answer_ts, reaction_signal
+from bot.store.store import UnknownExchange
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """An OpenAI-compatible inference server as the LLM backend (`DOMAINBOT_LLM_BACKEND=openai`).
 
-Same surface as `bot.llm.Runtime` (generate, ensure_adapter, has_adapter, count_tokens, model_path, close), so
+Same surface as `bot.llm.llama.Runtime` (generate, ensure_adapter, has_adapter, count_tokens, model_path, close), so
 the answer path, citations, policy and logging do not know which backend runs. The server serves one base model
 and one LoRA adapter per domain; a request names the adapter in one of two ways:
 
@@ -32,7 +32,7 @@ import httpx
 
 from bot.config import ConfigError, Settings
 from bot.errors import BackendUnavailable, ModelNotFound, UserFacingError
-from bot.llm import AdapterMismatch, Generation, TokenCallback, resolve_model_path
+from bot.llm.llama import AdapterMismatch, Generation, TokenCallback, resolve_model_path
 from bot.prompt import approx_tokens
 
 log = logging.getLogger(__name__)

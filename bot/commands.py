@@ -71,7 +71,7 @@ def _answerer_light(settings: Settings):
     """Routing needs embeddings but not the LLM."""
     from bot.answer import Answerer
     from bot.domains import discover
-    from bot.retrieval import Retriever
+    from bot.retrieval.index import Retriever
 
     class _NoLLM:
         def count_tokens(self, text: str) -> int:  # pragma: no cover - never generates
@@ -157,7 +157,7 @@ def _explicit(answerer, line: str) -> str | None:
 def cmd_domains(args: argparse.Namespace, settings: Settings) -> int:
     from bot import adapters
     from bot.domains import discover
-    from bot.retrieval import Retriever, load_docs
+    from bot.retrieval.index import Retriever, load_docs
 
     found = discover(settings.domains_dir, settings.domain_allowlist)
     retriever = Retriever(settings)
@@ -176,7 +176,7 @@ def cmd_domains(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    from bot.llm import gpu_offload_supported
+    from bot.llm.llama import gpu_offload_supported
 
     gpu = "yes" if gpu_offload_supported() else "no (CPU build)"
     print(f"llama.cpp GPU offload: {gpu}; n_gpu_layers={settings.n_gpu_layers}")
@@ -189,7 +189,7 @@ def cmd_domains(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_index(args: argparse.Namespace, settings: Settings) -> int:
     from bot.domains import discover
     from bot.errors import UserFacingError
-    from bot.retrieval import Retriever
+    from bot.retrieval.index import Retriever
 
     found = discover(settings.domains_dir, settings.domain_allowlist)
     names = [args.domain] if args.domain else list(found.domains)

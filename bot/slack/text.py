@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from bot.prompt import Turn
-from bot.slack_blocks import ANSWER_BLOCK
+from bot.slack.blocks import ANSWER_BLOCK
 
 HISTORY_TURNS = 10  # the prompt budget trims further; this bounds the work before it
 

@@ -9,11 +9,10 @@ from collections.abc import Callable
 
 from slack_sdk.errors import SlackApiError
 
-from bot import slack_blocks as blocks
-from bot import slack_feedback as feedback
-from bot.slack_answering import Ask, submit
-from bot.slack_context import SlackContext
-from bot.slack_text import clean_text, correction, mentions, parse_ask
+from bot.slack import blocks, feedback
+from bot.slack.answering import Ask, submit
+from bot.slack.context import SlackContext
+from bot.slack.text import clean_text, correction, mentions, parse_ask
 
 log = logging.getLogger(__name__)
 

@@ -15,15 +15,13 @@ from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from bot import slack_blocks as blocks
-from bot import slack_events as events
-from bot import slack_feedback as feedback
 from bot.answer import Answerer
 from bot.config import Settings
 from bot.errors import UserFacingError, new_error_id
-from bot.slack_context import SlackContext, Workers, make_client
-from bot.slack_ingress import quiet_slack_logging
-from bot.store import Store
+from bot.slack import blocks, events, feedback
+from bot.slack.context import SlackContext, Workers, make_client
+from bot.slack.ingress import quiet_slack_logging
+from bot.store.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -56,7 +56,7 @@ def _wait_for_stop(stop: Callable[[], None]) -> None:
 
 
 def _serve_http(app, settings: Settings, host: str) -> None:
-    from bot.slack_ingress import EVENTS_PATH, start_http
+    from bot.slack.ingress import EVENTS_PATH, start_http
 
     server = start_http(app, settings.slack_signing_secret or "", host=host, port=settings.port)
     print(f"Domainbot is listening on http://{host}:{server.server_address[1]}{EVENTS_PATH}", flush=True)
@@ -64,7 +64,7 @@ def _serve_http(app, settings: Settings, host: str) -> None:
 
 
 def _serve_socket(app, settings: Settings, host: str) -> None:
-    from bot.slack_app import start_socket_mode
+    from bot.slack.app import start_socket_mode
 
     handler = start_socket_mode(app, settings)
     print("Domainbot is connected to Slack over Socket Mode.", flush=True)
@@ -82,8 +82,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.port is not None:
         settings = settings.with_(port=args.port)
     from bot.answer import Answerer, warm_indexes
-    from bot.slack_app import build
-    from bot.store import Store
+    from bot.slack.app import build
+    from bot.store.store import Store
 
     answerer = Answerer.from_settings(settings)
     store = Store.from_settings(settings)

@@ -1,0 +1,1 @@
+"""The model runtimes: embedded llama.cpp (with per-request LoRA) and OpenAI-compatible servers."""

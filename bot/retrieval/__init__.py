@@ -1,0 +1,1 @@
+"""Retrieval: documents → chunks → embeddings → FAISS + BM25 index → ranked passages."""

@@ -1,0 +1,1 @@
+"""The Slack edge: ingress, events, answering, streaming, feedback and blocks."""

@@ -1,0 +1,1 @@
+"""The SQLite store: exchanges, feedback, dedupe keys, migrations and PII scrubbing."""
