@@ -2,6 +2,7 @@
 
     python bench/serve.py            # or: domainbot bench serve
     python bench/serve.py --quick    # fewer repetitions
+    python bench/serve.py --guard-only   # just 6., in a second, without loading the model
 
 Measures, on the same prompt and machine:
   1. decode tok/s through `Answerer.answer` vs raw llama-cpp-python
@@ -9,6 +10,7 @@ Measures, on the same prompt and machine:
   3. adapter switch time (set adapters + reset), and adapter load time
   4. RSS of 1 base + 3 adapters vs 3 separate `Llama(lora_path=...)` instances (separate processes)
   5. retrieval p50 at ~100k chunks (HNSW above the configured size), search only and with query embedding
+  6. the grounding guard (`bot.guard.guard`) per answer, p50 / p99, on synthetic answers from the corpora
 Results go to bench/results/serve.json as well.
 """
 
@@ -30,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bot import adapters as adapter_store  # noqa: E402
-from bot.answer import Answerer, warm_up  # noqa: E402
+from bot.answer import Answerer, Question, warm_up  # noqa: E402
 from bot.config import load_settings  # noqa: E402
 from bot.llm import llama_lora  # noqa: E402
 from bot.testing.lora import write_lora  # noqa: E402
@@ -67,7 +69,7 @@ def bench_decode(answerer: Answerer, n_tokens: int) -> dict:
 
     question = "Explain in detail how type 2 diabetes is treated, step by step."
     stamps: list[float] = []
-    ans = answerer.answer(question, domain="medical", adapter="base", max_tokens=n_tokens,
+    ans = answerer.answer(Question(question, domain="medical", adapter="base", max_tokens=n_tokens),
                           on_token=lambda _: stamps.append(time.perf_counter()))
     ours = decode_rate(stamps)
     from bot.prompt import build_messages
@@ -90,7 +92,7 @@ def bench_decode(answerer: Answerer, n_tokens: int) -> dict:
 def bench_ttft(answerer: Answerer, questions: list[str]) -> dict:
     ttft, prompt_tokens = [], []
     for q in questions:
-        ans = answerer.answer(q, max_tokens=4)
+        ans = answerer.answer(Question(q, max_tokens=4))
         if ans.kind == "answer":
             ttft.append(ans.timings["first_token_s"])
             prompt_tokens.append(ans.tokens["prompt"])
@@ -219,11 +221,76 @@ def bench_retrieval(answerer: Answerer, target: int, queries: int) -> dict:
             "query_embed_ms_p50": pct(embed_ms, 50)}
 
 
+def _guard_inputs(n: int, seed: int = 0) -> list[tuple[str, list, str]]:
+    """(question, passages, answer) like production: 4-6 corpus passages of ~200 tokens, answers of 60-300
+    tokens mixing copied sentences (cited or not), changed numbers, foreign sentences, loops, a cut tail."""
+    import random
+    import re
+
+    from bot.prompt import Passage
+
+    rng = random.Random(seed)
+    docs = []
+    for path in sorted(ROOT.glob("domains/*/docs/corpus.jsonl")):
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        docs.append([Passage(r["id"], r.get("title", ""), r["text"][:700]) for r in rows if r.get("text")])
+    out = []
+    for _ in range(n):
+        pool = rng.choice(docs)
+        passages = rng.sample(pool, rng.randint(4, 6))
+        others = [s for p in rng.sample(pool, 8) for s in re.split(r"(?<=[.!?])\s+", p.text) if len(s) > 30]
+        parts: list[str] = []
+        length = rng.randint(200, 1050)  # characters: ~60-300 tokens
+        while sum(len(x) + 1 for x in parts) < length:
+            k = rng.randrange(len(passages))
+            text = passages[k].text
+            sents = [s for s in re.split(r"(?<=[.!?])\s+", text) if len(s) > 20] or [text]
+            sent, roll = rng.choice(sents), rng.random()
+            if roll < 0.45:
+                parts.append(f"{sent.rstrip('.')} [{k + 1}].")
+            elif roll < 0.6:
+                parts.append(sent)
+            elif roll < 0.75:
+                parts.append(re.sub(r"\d+", lambda m: str(int(m.group()) * 7 + 3), sent) + f" [{k + 1}]")
+            elif roll < 0.9 and others:
+                parts.append(rng.choice(others))
+            else:
+                parts.append(", ".join([sent.split(",")[0]] * rng.randint(3, 12)) + ".")
+        out.append((passages[0].title, passages, " ".join(parts)[:1050]))  # may end mid-sentence, like max_tokens
+    return out
+
+
+def bench_guard(n: int) -> dict:
+    from collections import Counter
+
+    from bot.guard import guard
+
+    inputs = _guard_inputs(n)
+    ms, verdicts = [], Counter()
+    for question, passages, answer in inputs:
+        t = time.perf_counter()
+        verdicts[guard(answer, passages, question=question).verdict] += 1
+        ms.append((time.perf_counter() - t) * 1000)
+    return {"answers": n, "ms_p50": pct(ms, 50), "ms_p99": pct(ms, 99), "ms_max": max(ms), "budget_ms": 20.0,
+            "verdicts": dict(verdicts)}
+
+
+def _guard_row(g: dict) -> tuple[str, str, str, str]:
+    return (f"grounding guard per answer ({g['answers']} synthetic answers, {g['verdicts']})",
+            f"{g['ms_p50']:.2f} ms (p99 {g['ms_p99']:.2f}, max {g['ms_max']:.2f})",
+            f"{g['ms_p99'] / g['budget_ms']:.3f}x of target (p99)", "< 20 ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--chunks", type=int, default=100_000)
+    parser.add_argument("--guard-only", action="store_true", help="only time the grounding guard (no model)")
     args = parser.parse_args()
+    if args.guard_only:
+        g = bench_guard(200)
+        print("| measure | measured | ratio | target |\n|---|---|---|---|\n| " + " | ".join(_guard_row(g)) + " |")
+        return
     settings = load_settings()
     answerer = Answerer.from_settings(settings)
     warm_up(answerer)
@@ -237,6 +304,7 @@ def main() -> None:
             ("switch", lambda: bench_switch(answerer, paths, 30 if args.quick else 200)),
             ("rss", lambda: bench_rss(answerer.runtime.model_path, paths)),
             ("retrieval", lambda: bench_retrieval(answerer, args.chunks, 50 if args.quick else 200)),
+            ("guard", lambda: bench_guard(200)),
         ]
         for name, fn in steps:
             print(f"… {name}", file=sys.stderr, flush=True)
@@ -259,6 +327,7 @@ def main() -> None:
         (f"retrieval p50 at {q['chunks']:,} chunks ({q['index_type']}), dense / hybrid",
          f"{q['dense_ms_p50']:.2f} / {q['hybrid_ms_p50']:.2f} ms (+{q['query_embed_ms_p50']:.1f} ms embed)",
          f"{q['hybrid_ms_p50'] / 10:.2f}x of target", "<= 10 ms"),
+        _guard_row(results["guard"]),
     ]
     print("\n| measure | measured | ratio | target |\n|---|---|---|---|")
     for row in rows:

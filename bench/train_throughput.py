@@ -36,7 +36,6 @@ def train_speed(bf16: bool, steps: int, batch: int) -> tuple[float, float]:
     from training.dataset import load_examples
     from training.finetune import (
         TrainConfig,
-        _unwrap,
         answer_loss,
         collate,
         encode,
@@ -44,6 +43,7 @@ def train_speed(bf16: bool, steps: int, batch: int) -> tuple[float, float]:
         lora_model,
         served_gguf,
         token_counter,
+        unwrap,
     )
 
     base, tok = load_base(served_gguf())
@@ -66,7 +66,7 @@ def train_speed(bf16: bool, steps: int, batch: int) -> tuple[float, float]:
         if step:  # step 0 warms up kernels and allocations
             seconds += time.perf_counter() - t0
             tokens += sum(len(i) for i, _ in items)
-    _unwrap(model)
+    unwrap(model)
     return tokens / seconds, seconds
 
 

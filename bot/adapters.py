@@ -105,7 +105,7 @@ def pointer_stamp(adapters_dir: Path) -> tuple[str, float]:
 
 
 # ---- promotion history (promote / rollback) -------------------------------------------------------------
-HISTORY_FILE = "history.jsonl"  # one JSON line per pointer change: {time, action, from, to}
+HISTORY_FILE = "history.jsonl"  # one JSON line per pointer change: {time, action, from, to[, forced, reason]}
 LOCK_FILE = ".pointer.lock"
 
 
@@ -148,7 +148,7 @@ def _append_history(adapters_dir: Path, entry: dict) -> None:
         os.fsync(f.fileno())
 
 
-def _switch(adapters_dir: Path, target: str, action: str) -> str:
+def _switch(adapters_dir: Path, target: str, action: str, note: dict | None = None) -> str:
     import fcntl
     import time
 
@@ -160,7 +160,7 @@ def _switch(adapters_dir: Path, target: str, action: str) -> str:
             target = _previous(adapters_dir, before)
         set_current(adapters_dir, target)
         _append_history(adapters_dir, {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "action": action,
-                                       "from": before, "to": target})
+                                       "from": before, "to": target, **(note or {})})
     return target
 
 
@@ -182,14 +182,71 @@ def _previous(adapters_dir: Path, live: str) -> str:
     return "base"
 
 
-def promote(adapters_dir: Path, version: str) -> str:
-    """Make `version` (or "base") live, atomically, and record it so `rollback` can undo it."""
+def _check_exists(adapters_dir: Path, version: str) -> None:
     if version != "base" and not VERSION_RE.match(version):
         raise AdapterError(f"{version!r} is not a version name (v1, v2, ...) or 'base'")
     if version != "base" and not (adapters_dir / version / ADAPTER_FILE).is_file():
         known = ", ".join(v.version for v in versions(adapters_dir)) or "none"
         raise AdapterError(f"no adapter {version} in {adapters_dir} (versions: {known})")
+
+
+def promote(adapters_dir: Path, version: str) -> str:
+    """Make `version` (or "base") live, atomically, and record it so `rollback` can undo it.
+
+    No gate check: for callers that have just applied the gate themselves (retrain, `train --promote`).
+    A person promoting by hand goes through `promote_by_hand`."""
+    _check_exists(adapters_dir, version)
     return _switch(adapters_dir, version, "promote")
+
+
+# ---- promotion by hand: the recorded gate verdict decides, unless overridden with a reason ---------------
+def gate_verdict(version_dir: Path) -> tuple[bool | None, str]:
+    """(passed, reason) from meta.json's `gate` (written by retrain, and by `domainbot eval` against the live
+    version); (None, "") when no verdict is recorded."""
+    gate = AdapterVersion(version_dir.name, version_dir).meta.get("gate")
+    if not isinstance(gate, dict):
+        return None, ""
+    passed = gate.get("passed", gate.get("promoted"))  # retrain writes {"promoted": ok, "reason": ...}
+    return (passed if isinstance(passed, bool) else None), str(gate.get("reason", ""))
+
+
+def was_live(adapters_dir: Path, version: str) -> bool:
+    """Whether `version` has served before (a promote or rollback pointed at it)."""
+    return _pointer_name(adapters_dir) == version or any(e.get("to") == version for e in history(adapters_dir))
+
+
+def promote_by_hand(adapters_dir: Path, version: str, *, force: bool = False, reason: str | None = None) -> str:
+    """`domainbot promote`: make `version` live only if its recorded gate verdict passed.
+
+    A version with no verdict may go live only if it has been live before (going back to it is a rollback
+    by another name); one never judged, or judged and failed, needs `force` and a `reason`. The reason goes into
+    the version's meta.json (`forced: {reason, at, overrode}`) and into the history line. "base" needs no
+    verdict: turning the adapter off is always allowed.
+    """
+    import time
+
+    _check_exists(adapters_dir, version)
+    reason = (reason or "").strip()
+    if force and not reason:
+        raise AdapterError('--force needs --reason "...": say why this version should go live over its gate '
+                           "(it is recorded in meta.json and history.jsonl)")
+    why_not = ""
+    if version != "base":
+        passed, verdict = gate_verdict(adapters_dir / version)
+        if passed is False:
+            why_not = f"{version} failed its gate: {verdict or 'no reason recorded'}"
+        elif passed is None and not was_live(adapters_dir, version):
+            why_not = (f"{version} has no recorded gate verdict and has never been live; run `domainbot eval "
+                       f"{adapters_dir.parent.name} --adapter {version}` (it compares it with the live version "
+                       "and records the verdict)")
+    if why_not and not force:
+        raise AdapterError(f'{why_not}. Not promoted; to promote it anyway: --force --reason "why"')
+    note = {"forced": True, "reason": reason} if force else {"reason": reason} if reason else {}
+    target = _switch(adapters_dir, version, "promote", note)
+    if force and version != "base":
+        update_meta(adapters_dir / version, forced={"reason": reason, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                                    "overrode": why_not or "nothing: the gate had passed"})
+    return target
 
 
 def rollback(adapters_dir: Path) -> str:

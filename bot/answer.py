@@ -1,6 +1,7 @@
 """The answering path shared by the CLI and Slack: route → policy → retrieve → prompt → generate → Answer.
 
-Knows nothing of Slack. The LLM runtime and the retriever are injected, so tests and the CLI share it.
+Knows nothing of Slack. The LLM runtime and the retriever can be injected (tests share one model); otherwise
+the runtime is built on the first answer.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from bot import adapters as adapter_store
 from bot import policy
 from bot.config import Settings
 from bot.domains import Discovery, Domain, discover
 from bot.errors import UserFacingError
+from bot.guard import GuardResult, guard
 from bot.llm.llama import AdapterMismatch, Runtime
 from bot.prompt import Passage, Turn, build_messages
 from bot.retrieval.index import Retriever
@@ -25,6 +27,10 @@ from bot.router import Router, RouteResult
 log = logging.getLogger(__name__)
 
 _CITE = re.compile(r"\[(\d{1,2})\]")
+# How far (in router score) another domain must lead the thread's own before a follow-up leaves the thread's
+# domain: a topic change ("What are the symptoms of hepatitis A?" in a legal thread leads by 0.4), not a
+# near-tie on a vague follow-up.
+FOLLOW_UP_LEAD = 0.1
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,29 @@ class Citation:
     url: str | None = None
     score: float = 0.0
     cited: bool = False  # the answer text refers to [n]
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a question was asked: the domain's channel policy depends on it."""
+
+    channel: str | None = None
+    channel_name: str | None = None
+    is_dm: bool = False
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question and everything known about it when it arrives."""
+
+    text: str
+    domain: str | None = None  # an explicit choice; None lets the router decide
+    history: Sequence[Turn] = ()  # earlier turns of the thread, oldest first
+    place: Place = Place()
+    adapter: str | None = None  # "base", "vN", or None for the live version
+    passages: Sequence[Passage] | None = None  # sources given by the caller; None retrieves, [] means none
+    max_tokens: int | None = None
+    route: RouteResult | None = None  # a routing decision already made (Slack shows the domain first)
 
 
 @dataclass
@@ -51,6 +80,12 @@ class Answer:
     tokens: dict[str, int] = field(default_factory=dict)
     passages: list[Passage] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    guard: dict = field(default_factory=dict)  # the grounding guard's verdict, cited [n] and dropped sentences
+    draft: str = ""  # what the model generated (and streamed) before the guard; equal to text when unchanged
+
+    @property
+    def verdict(self) -> str | None:
+        return self.guard.get("verdict")
 
     def to_dict(self) -> dict:
         return {
@@ -64,6 +99,7 @@ class Answer:
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "tokens": self.tokens,
             "notes": self.notes,
+            "guard": self.guard,
         }
 
 
@@ -81,21 +117,65 @@ def _stored_router_examples(settings: Settings) -> dict[str, list[str]]:
         return {}
 
 
-def citations_for(text: str, passages: Sequence[Passage]) -> list[Citation]:
-    cited = {int(m) for m in _CITE.findall(text)}
+def citations_for(text: str, passages: Sequence[Passage], used: Sequence[int] | None = None) -> list[Citation]:
+    """All shown passages as citations; those the answer uses (`used`, else its [n] markers) first, in use order."""
+    order = list(used) if used is not None else list(dict.fromkeys(int(m) for m in _CITE.findall(text)))
+    order = [n for n in order if 1 <= n <= len(passages)]
+    rest = [n for n in range(1, len(passages) + 1) if n not in order]
     return [
-        Citation(i, p.chunk_id, p.title, p.doc_id, p.metadata.get("url"), p.score, i in cited)
-        for i, p in enumerate(passages, 1)
+        Citation(n, passages[n - 1].chunk_id, passages[n - 1].title, passages[n - 1].doc_id,
+                 passages[n - 1].metadata.get("url"), passages[n - 1].score, n in order)
+        for n in order + rest
     ]
 
 
+_POLAR = re.compile(r"^\s*(is|are|was|were|does|do|did|can|could|may|might|must|shall|should|will|would|has|have|had)\b",
+                    re.IGNORECASE)
+
+
+def label_answer(text: str, question: str, domain: Domain) -> str | None:
+    """The answer's leading label when the question asks for one: Yes/No to a polar question, or one of a task's
+    labels when the question names at least two of them (a pasted tweet or clause to classify). A label is a
+    verdict on the user's own text, not a claim from the sources, so the guard does not judge it."""
+    first = re.match(r"\s*([A-Za-z][\w-]*)", text)
+    if not first:
+        return None
+    word = first.group(1).lower()
+    q = question.lower()
+    for spec in domain.tasks.values():
+        labels = [str(label) for label in spec.get("labels", [])]
+        if word not in (label.lower() for label in labels):
+            continue
+        if word in ("yes", "no"):
+            if _POLAR.match(question):
+                return first.group(1)
+        elif sum(label.lower() in q for label in labels) >= 2:
+            return first.group(1)
+    return None
+
+
+def grounded(draft: str, passages: Sequence[Passage], question: str, domain: Domain) -> GuardResult:
+    """The guard on a draft answer; a leading label the question asked for is kept ahead of the checked rest."""
+    label = label_answer(draft, question, domain)
+    if label is None:
+        return guard(draft, passages, question=question, relevant=bool(passages))
+    rest = draft.strip()[len(label):].lstrip(" .,:;-")
+    if not rest:
+        return GuardResult(label, "supported", (), ())
+    checked = guard(rest, passages, question=question, relevant=bool(passages))
+    if checked.verdict in ("supported", "trimmed"):
+        return GuardResult(f"{label}. {checked.text}", checked.verdict, checked.cited, checked.dropped)
+    return GuardResult(label, "trimmed", (), (rest,))
+
+
 class Answerer:
-    def __init__(self, settings: Settings, discovery: Discovery, retriever: Retriever, runtime: Runtime,
+    def __init__(self, settings: Settings, discovery: Discovery, retriever: Retriever, runtime: Runtime | None = None,
                  router: Router | None = None):
         self.settings = settings
         self.discovery = discovery
         self.retriever = retriever
-        self.runtime = runtime
+        self._runtime = runtime
+        self._runtime_lock = threading.Lock()
         self._router = router
         self._adapter_state: dict[str, tuple[tuple[str, float], str | None]] = {}
         self._adapter_lock = threading.Lock()
@@ -103,14 +183,26 @@ class Answerer:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Answerer:
+        """One way to build it for the CLI, Slack, the eval and retrain: the model loads on the first answer, so
+        routing, listing or a retrain that stops at its cheap checks never pays for it."""
         discovery = discover(settings.domains_dir, settings.domain_allowlist)
         for folder, reason in discovery.errors.items():
             log.error("domain %s not loaded: %s", folder, reason)
-        from bot.llm.backends import make_runtime  # embedded llama.cpp or an OpenAI-compatible server
-
-        answerer = cls(settings, discovery, Retriever(settings), make_runtime(settings))
+        answerer = cls(settings, discovery, Retriever(settings))
         answerer._extra_router_examples = _stored_router_examples(settings)
         return answerer
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            with self._runtime_lock:
+                if self._runtime is None:
+                    from bot.llm.backends import (
+                        make_runtime,  # embedded llama.cpp or an OpenAI-compatible server
+                    )
+
+                    self._runtime = make_runtime(self.settings)
+        return self._runtime
 
     # -------- routing
 
@@ -145,6 +237,17 @@ class Answerer:
             self.domain(domain)
         return self.router.route(question, explicit=domain)
 
+    def route_follow_up(self, question: str, thread_domain: str) -> RouteResult:
+        """A follow-up keeps its thread's domain unless it names one or the router clearly prefers another
+        (the router only picks a domain past its fitted threshold and margin): then it switches, and says so."""
+        auto = self.router.route(question)
+        if auto.method == "explicit":
+            return auto
+        lead = auto.scores.get(auto.domain, 0.0) - auto.scores.get(thread_domain, 0.0) if auto.domain else 0.0
+        if auto.domain and auto.domain != thread_domain and lead >= FOLLOW_UP_LEAD:
+            return replace(auto, method="switched")
+        return replace(auto, domain=thread_domain, method="thread")
+
     # -------- adapters (hot reload: the pointer is checked on every request)
 
     def _adapter_for(self, domain: Domain, requested: str | None, notes: list[str]) -> str | None:
@@ -178,44 +281,31 @@ class Answerer:
 
     # -------- answering
 
-    def answer(
-        self,
-        question: str,
-        *,
-        domain: str | None = None,
-        history: Sequence[Turn] = (),
-        channel: str | None = None,
-        channel_name: str | None = None,
-        is_dm: bool = False,
-        on_token: Callable[[str], None] | None = None,
-        adapter: str | None = None,
-        passages: Sequence[Passage] | None = None,
-        max_tokens: int | None = None,
-        method: str | None = None,
-        route: RouteResult | None = None,
-    ) -> Answer:
-        """`route`: a routing decision the caller already made (Slack shows the domain before answering)."""
+    def answer(self, question: Question | str, *, on_token: Callable[[str], None] | None = None) -> Answer:
+        """Route, check policy, retrieve, generate (streaming pieces to `on_token`), guard. A plain string is a
+        question with nothing else known about it."""
+        q = question if isinstance(question, Question) else Question(question)
         t0 = time.perf_counter()
-        question = policy.clean_question(question)
-        route = route or self.route(question, domain)
-        if method and route.domain:
-            route = RouteResult(route.domain, route.scores, method, route.question, route.threshold, route.margin)
+        route = q.route or self.route(policy.clean_question(q.text), q.domain)
         if route.domain is None:
             return Answer(policy.no_domain_message(list(self.discovery.domains.values())), None, route, kind="abstain",
                           timings={"total_s": time.perf_counter() - t0})
         dom = self.domain(route.domain)
-        verdict = policy.check(dom, route.question, channel, channel_name, is_dm)
+        verdict = policy.check(dom, route.question, q.place.channel, q.place.channel_name, q.place.is_dm)
         if verdict.kind != "ok":
             kind = {"refuse": "refused"}.get(verdict.kind, verdict.kind)
             return Answer(verdict.message, dom.name, route, kind=kind, disclaimer=dom.disclaimer,
                           timings={"total_s": time.perf_counter() - t0})
 
         notes: list[str] = []
+        if route.method == "switched":
+            notes.append(f"This reads as a {dom.title} question, so I answered from {dom.title} rather than the "
+                         f"thread's earlier topic. Start with `name:` (e.g. `{dom.name}:`) to choose a domain.")
         t_ret = time.perf_counter()
-        found = list(passages) if passages is not None else self.retriever.search(dom, route.question)
+        found = list(q.passages) if q.passages is not None else self.retriever.search(dom, route.question)
         retrieval_s = time.perf_counter() - t_ret
-        key = self._adapter_for(dom, adapter, notes)
-        built = build_messages(dom.system_prompt, route.question, found, history,
+        key = self._adapter_for(dom, q.adapter, notes)
+        built = build_messages(dom.system_prompt, route.question, found, q.history,
                                budget=self.settings.prompt_budget, count=self.runtime.count_tokens)
         first_at: list[float] = []
 
@@ -225,51 +315,40 @@ class Answerer:
             if on_token:
                 on_token(piece)
 
-        gen = self.runtime.generate(built.messages, adapter=key, max_tokens=max_tokens or self.settings.max_tokens,
+        gen = self.runtime.generate(built.messages, adapter=key, max_tokens=q.max_tokens or self.settings.max_tokens,
                                     on_token=relay)
-        text = gen.text.strip() or "(The model returned no text. Please rephrase the question.)"
+        draft = gen.text.strip()
+        t_guard = time.perf_counter()
+        if q.passages is not None and not q.passages:
+            # The caller supplied no sources on purpose (text pasted to classify): nothing to check against.
+            checked = GuardResult(draft or "(The model returned no text. Please rephrase the question.)", "unchecked", (), ())
+        else:
+            checked = grounded(draft, built.passages, route.question, dom)
+        guard_s = time.perf_counter() - t_guard
         return Answer(
-            text=text,
+            text=checked.text,
             domain=dom.name,
             route=route,
-            citations=citations_for(text, built.passages),
+            citations=citations_for(checked.text, built.passages, checked.cited),
             disclaimer=dom.disclaimer,
             adapter=key.split(":", 1)[1] if key else "base",
             timings={
                 "retrieval_s": retrieval_s,
                 "first_token_s": (first_at[0] - t0) if first_at else 0.0,
                 "generation_s": gen.total_s,
+                "guard_s": guard_s,
                 "total_s": time.perf_counter() - t0,
             },
             tokens={"prompt": gen.prompt_tokens, "completion": gen.completion_tokens},
             passages=built.passages,
             notes=notes,
+            guard={k: v for k, v in checked.to_dict().items() if k != "text"},
+            draft=draft,
         )
 
     def close(self) -> None:
-        self.runtime.close()
-
-
-def render_text(answer: Answer, *, with_sources: bool = True) -> str:
-    """Plain-text rendering for the terminal."""
-    return "\n\n".join([answer.text, *render_trailer(answer, with_sources=with_sources)])
-
-
-def render_trailer(answer: Answer, *, with_sources: bool = True) -> list[str]:
-    """What follows the answer text (sources, notes, the route line): all a streamed answer still has to print."""
-    parts = []
-    if with_sources and answer.citations:
-        parts.append("Sources:\n" + "\n".join(f"  [{c.n}] {c.title}  ({c.chunk_id})" for c in answer.citations))
-    if answer.disclaimer and answer.kind == "answer":
-        parts.append(f"Note: {answer.disclaimer}")
-    parts.extend(f"Note: {n}" for n in answer.notes)
-    if answer.domain:
-        t = answer.timings
-        parts.append(
-            f"— {answer.domain} · adapter {answer.adapter} · {answer.route.method}"
-            + (f" · first token {t['first_token_s']:.2f}s · total {t['total_s']:.2f}s" if t.get("first_token_s") else "")
-        )
-    return parts
+        if self._runtime is not None:
+            self._runtime.close()
 
 
 def warm_indexes(answerer: Answerer) -> None:

@@ -6,8 +6,12 @@ import argparse
 import json
 import runpy
 import sys
+from typing import TYPE_CHECKING
 
 from bot.config import ROOT, Settings
+
+if TYPE_CHECKING:  # the answer path (and llama.cpp) loads only for commands that answer
+    from bot.answer import Answer
 
 
 def _answerer(settings: Settings):
@@ -22,19 +26,55 @@ def _log(settings: Settings, answer, question: str, source: str) -> None:
     log_answer(settings, answer, question, source=source)
 
 
+# ---------------------------------------------------------------- terminal rendering
+
+
+def render_text(answer: Answer, *, with_sources: bool = True) -> str:
+    """Plain-text rendering for the terminal."""
+    return "\n\n".join([answer.text, *render_trailer(answer, with_sources=with_sources)])
+
+
+def render_trailer(answer: Answer, *, with_sources: bool = True) -> list[str]:
+    """What follows the answer text (sources, notes, the route line): all a streamed answer still has to print."""
+    parts = []
+    if with_sources and answer.citations:
+        used = [c for c in answer.citations if c.cited]
+        shown = used or answer.citations
+        lines = [f"  [{c.n}] {c.title}  ({c.chunk_id})" for c in shown]
+        if used and len(used) < len(answer.citations):
+            lines.append(f"  (also searched: {', '.join(f'[{c.n}]' for c in answer.citations if not c.cited)})")
+        parts.append("Sources:\n" + "\n".join(lines))
+    if answer.disclaimer and answer.kind == "answer":
+        parts.append(f"Note: {answer.disclaimer}")
+    parts.extend(f"Note: {n}" for n in answer.notes)
+    if answer.domain:
+        t = answer.timings
+        parts.append(
+            f"— {answer.domain} · adapter {answer.adapter} · {answer.route.method}"
+            + (f" · first token {t['first_token_s']:.2f}s · total {t['total_s']:.2f}s" if t.get("first_token_s") else "")
+        )
+    return parts
+
+
+def render_streamed_end(answer: Answer) -> str:
+    """What a terminal prints after the streamed draft: the checked answer when the guard changed it, then the
+    trailer (a user must not be left with the unchecked draft as the last word)."""
+    parts = []
+    if answer.draft and answer.text != answer.draft:
+        parts.append(f"Checked against the sources ({answer.verdict}):\n{answer.text}")
+    return "\n\n".join([*parts, *render_trailer(answer)])
+
+
 # ---------------------------------------------------------------- ask
 
 
 def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
-    from bot.answer import render_text, render_trailer
+    from bot.answer import Question
 
     answerer = _answerer(settings)
     stream = not args.json and sys.stdout.isatty()
     answer = answerer.answer(
-        args.question,
-        domain=args.domain,
-        adapter=args.adapter,
-        max_tokens=args.max_tokens,
+        Question(args.question, domain=args.domain, adapter=args.adapter, max_tokens=args.max_tokens),
         on_token=(lambda t: print(t, end="", flush=True)) if stream else None,
     )
     _log(settings, answer, args.question, "cli")
@@ -42,7 +82,7 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
     else:
         if stream and answer.kind == "answer":
-            print("\n\n" + "\n\n".join(render_trailer(answer)))
+            print("\n\n" + render_streamed_end(answer))
         else:
             print(render_text(answer))
     return 0
@@ -54,7 +94,7 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_route(args: argparse.Namespace, settings: Settings) -> int:
     from bot.policy import clean_question
 
-    answerer = _answerer_light(settings)
+    answerer = _answerer(settings)
     result = answerer.route(clean_question(args.question), args.domain)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -67,19 +107,6 @@ def cmd_route(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _answerer_light(settings: Settings):
-    """Routing needs embeddings but not the LLM."""
-    from bot.answer import Answerer
-    from bot.domains import discover
-    from bot.retrieval.index import Retriever
-
-    class _NoLLM:
-        def count_tokens(self, text: str) -> int:  # pragma: no cover - never generates
-            return len(text) // 4
-
-    return Answerer(settings, discover(settings.domains_dir, settings.domain_allowlist), Retriever(settings), _NoLLM())
-
-
 # ---------------------------------------------------------------- chat
 
 
@@ -88,7 +115,7 @@ Start a question with `legal:` (or any domain name) to pick its domain."""
 
 
 def cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
-    from bot.answer import render_trailer
+    from bot.answer import Question
     from bot.errors import UserFacingError
     from bot.prompt import Turn
 
@@ -129,16 +156,22 @@ def cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
             continue
         try:
             print("bot> ", end="", flush=True)
-            explicit = pinned or _explicit(answerer, line) or thread_domain
-            answer = answerer.answer(line, domain=explicit if not _explicit(answerer, line) else None,
-                                     history=history, on_token=lambda t: print(t, end="", flush=True),
-                                     method="thread" if explicit and explicit == thread_domain else None)
+            prefixed = _explicit(answerer, line)
+            if pinned and not prefixed:
+                route = answerer.route(line, pinned)
+            elif thread_domain and not prefixed:
+                route = answerer.route_follow_up(line, thread_domain)  # switches when clearly another domain's
+            else:
+                route = answerer.route(line)
+            same_thread = route.domain == thread_domain
+            answer = answerer.answer(Question(line, route=route, history=history if same_thread else ()),
+                                     on_token=lambda t: print(t, end="", flush=True))
         except UserFacingError as exc:
             print(f"\n{exc}")
             continue
         _log(settings, answer, line, "cli")
         if answer.kind == "answer":
-            print("\n\n" + "\n\n".join(render_trailer(answer)))
+            print("\n\n" + render_streamed_end(answer))
             thread_domain = answer.domain
             history += [Turn("user", line), Turn("assistant", answer.text)]
         else:

@@ -24,6 +24,7 @@ def exchange_fields(answer: Answer, question: str) -> dict:
         "latency_ms": round(answer.timings.get("total_s", 0.0) * 1000, 1),
         "tokens_prompt": answer.tokens.get("prompt", 0),
         "tokens_completion": answer.tokens.get("completion", 0),
+        "guard_verdict": answer.guard.get("verdict"),
     }
 
 

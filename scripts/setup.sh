@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 VENV=${DOMAINBOT_VENV:-.venv}
 LLAMA_VERSION=0.3.36
 TORCH_VERSION=2.13.0
-# The default -march=native build enables AMX and segfaults on these VMs (DESIGN.md): build portably.
+# The default -march=native build enables AMX and segfaults on these VMs (docs/design.md): build portably.
 # For an NVIDIA GPU: DOMAINBOT_LLAMA_CMAKE_ARGS="-DGGML_CUDA=ON" (see README, "GPU").
 CMAKE_ARGS_DEFAULT="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
 LLAMA_CMAKE_ARGS=${DOMAINBOT_LLAMA_CMAKE_ARGS:-$CMAKE_ARGS_DEFAULT}

@@ -1,7 +1,10 @@
+import re
+
 import pytest
 
 from bot import adapters
-from bot.answer import Answerer, citations_for, render_text, render_trailer
+from bot.answer import Answerer, Place, Question, citations_for
+from bot.commands import render_text, render_trailer
 from bot.domains import discover
 from bot.errors import InputError, UserFacingError
 from bot.prompt import Passage, Turn
@@ -15,7 +18,11 @@ def test_domain_question_gets_cited_answer(answerer):
     assert ans.kind == "answer" and ans.domain == "medical" and ans.route.method == "router"
     assert ans.citations and ans.citations[0].n == 1 and ans.citations[0].title
     assert all(c.chunk_id.startswith(c.doc_id) for c in ans.citations)
-    assert ans.disclaimer and ans.text and "".join(streamed).strip() == ans.text
+    assert ans.disclaimer and ans.text and "".join(streamed).strip() == ans.draft  # the model's draft streams
+    assert ans.guard["verdict"] in ("supported", "trimmed", "quoted")  # passages were retrieved
+    shown = " ".join(p.text for p in ans.passages).replace(",", "")
+    numbers = re.findall(r"\d+(?:\.\d+)?", re.sub(r"\[\d+\]", "", ans.text).replace(",", ""))
+    assert all(n in shown for n in numbers)  # no figure the sources don't have
     assert ans.tokens["completion"] <= answerer.settings.max_tokens
     assert {"retrieval_s", "first_token_s", "total_s"} <= set(ans.timings)
     assert ans.adapter == (adapters.current(answerer.domain("medical").adapters_dir) or
@@ -24,13 +31,13 @@ def test_domain_question_gets_cited_answer(answerer):
 
 def test_explicit_domain_and_prefix(answerer):
     assert answerer.answer("legal: does it renew automatically?").route.method == "explicit"
-    ans = answerer.answer("does it renew automatically?", domain="legal")
+    ans = answerer.answer(Question("does it renew automatically?", domain="legal"))
     assert ans.domain == "legal" and ans.route.method == "explicit"
 
 
 def test_unknown_domain_is_a_clear_error(answerer):
     with pytest.raises(UserFacingError, match="unknown domain 'astrology'.*finance"):
-        answerer.answer("what is my sign?", domain="astrology")
+        answerer.answer(Question("what is my sign?", domain="astrology"))
 
 
 def test_abstention_lists_domains(answerer):
@@ -55,25 +62,25 @@ def test_channel_not_allowed(base_settings, built_indexes, runtime, embedder, do
     toml = domains_copy / "legal" / "domain.toml"
     toml.write_text(toml.read_text().replace('channels = ["*"]', 'channels = ["#legal-help"]'))
     a = Answerer(base_settings, discover(domains_copy), Retriever(base_settings, embedder), runtime)
-    ans = a.answer("legal: is there a non-compete?", channel="C42", channel_name="random")
+    ans = a.answer(Question("legal: is there a non-compete?", place=Place("C42", "random")))
     assert ans.kind == "not_allowed" and "#legal-help" in ans.text
 
 
 def test_history_and_given_passages_are_used(answerer):
     p = [Passage("x#0", "Zorblax policy", "The Zorblax fee is 42 dollars.", 1.0, "x")]
-    ans = answerer.answer("How much is the Zorblax fee?", domain="finance", passages=p,
-                          history=[Turn("user", "hi"), Turn("assistant", "hello")], adapter="base")
+    ans = answerer.answer(Question("How much is the Zorblax fee?", domain="finance", passages=p,
+                                   history=[Turn("user", "hi"), Turn("assistant", "hello")], adapter="base"))
     assert [c.chunk_id for c in ans.citations] == ["x#0"] and ans.adapter == "base"
 
 
 def test_citations_mark_referenced_passages():
     ps = [Passage("a#0", "A", "t"), Passage("b#0", "B", "t")]
     cites = citations_for("See [2].", ps)
-    assert [c.cited for c in cites] == [False, True]
+    assert [(c.n, c.cited) for c in cites] == [(2, True), (1, False)]  # the sources the answer uses come first
 
 
 def test_render_text_has_sources_and_disclaimer(answerer):
-    ans = answerer.answer("How is asthma treated?", max_tokens=8)
+    ans = answerer.answer(Question("How is asthma treated?", max_tokens=8))
     out = render_text(ans)
     assert "Sources:" in out and "[1]" in out and ans.disclaimer in out and "medical" in out
 
@@ -82,7 +89,7 @@ def test_streamed_answer_trailer_never_repeats_the_answer(answerer):
     """The CLI streams the text, then prints the trailer: a two-paragraph answer must not print twice."""
     from dataclasses import replace
 
-    ans = answerer.answer("How is asthma treated?", max_tokens=8)
+    ans = answerer.answer(Question("How is asthma treated?", max_tokens=8))
     two = replace(ans, text="First paragraph.\n\nSecond paragraph.")
     trailer = render_trailer(two)
     assert trailer and not any("paragraph" in part for part in trailer)
@@ -97,16 +104,16 @@ def test_adapter_hot_reload_and_mismatch_falls_back_to_base(base_settings, built
     write_lora(adir / "v90" / "adapter.gguf", scale=0.0)
     adapters.set_current(adir, "v90")
     q = "finance: what was total revenue?"
-    assert a.answer(q, max_tokens=4).adapter == "v90"
+    assert a.answer(Question(q, max_tokens=4)).adapter == "v90"
     (adir / "v91").mkdir()
     write_lora(adir / "v91" / "adapter.gguf", in_dim=100)  # does not fit the base
     adapters.set_current(adir, "v91")
-    ans = a.answer(q, max_tokens=4)
+    ans = a.answer(Question(q, max_tokens=4))
     assert ans.adapter == "base" and any("v91 was refused" in n for n in ans.notes)
     adapters.set_current(adir, "base")
-    assert a.answer(q, max_tokens=4).adapter == "base"
+    assert a.answer(Question(q, max_tokens=4)).adapter == "base"
     with pytest.raises(UserFacingError, match="no adapter 'v7'"):
-        a.answer(q, adapter="v7")
+        a.answer(Question(q, adapter="v7"))
 
 
 def test_router_learns_stored_reroutes(settings, runtime):

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from bot import adapters as adapter_store
+from bot.answer import Question
 from bot.config import ConfigError, Settings
 from bot.errors import BackendUnavailable, UserFacingError
 from bot.llm.backends import BACKENDS, make_runtime
@@ -436,8 +437,8 @@ def test_each_domain_answers_from_its_adapter_exactly_as_embedded(llama_server, 
         seen = {}
         for name in DOMAINS:
             q = QUESTIONS[name]
-            local, over_http = embedded.answer(q, domain=name), remote.answer(q, domain=name)
-            base = embedded.answer(q, domain=name, adapter="base")
+            local, over_http = embedded.answer(Question(q, domain=name)), remote.answer(Question(q, domain=name))
+            base = embedded.answer(Question(q, domain=name, adapter="base"))
             assert over_http.adapter == local.adapter == adapter_store.current(adapter_domains / name / "adapters").version
             assert over_http.text == local.text, name
             assert [c.chunk_id for c in over_http.citations] == [c.chunk_id for c in local.citations]
@@ -445,7 +446,7 @@ def test_each_domain_answers_from_its_adapter_exactly_as_embedded(llama_server, 
             seen[name] = (local.text, base.text)
         # the adapters matter: answered on the base model, at least one domain says something else
         assert any(adapted != base for adapted, base in seen.values())
-        assert remote.answer(QUESTIONS["finance"], domain="finance", adapter="base").text == seen["finance"][1]
+        assert remote.answer(Question(QUESTIONS["finance"], domain="finance", adapter="base")).text == seen["finance"][1]
     finally:
         served.close()
 

@@ -139,6 +139,24 @@ def test_saved_base_results_are_reused_only_for_the_same_setup(tmp_path):
     assert cached(domain, "base", settings, 5, None, tmp_path).tasks["t"]["score"] == 1.0
     assert cached(domain, "base", settings, 6, None, tmp_path) is None  # another limit
     assert cached(domain, "base", settings.with_(prompt_budget=500), 5, None, tmp_path) is None  # another prompt
+    assert cached(domain, "base", settings, 5, None, tmp_path, split="dev") is None  # another qa.jsonl split
+
+
+def test_the_fingerprint_follows_the_qa_file(tmp_path):
+    import shutil
+
+    from bot.config import Settings
+    from training.dataset import resolve_domain
+    from training.evaluate import fingerprint
+
+    shutil.copytree(Settings().domains_dir / "legal", tmp_path / "legal", ignore=shutil.ignore_patterns("adapters"))
+    settings = Settings(domains_dir=tmp_path)
+    domain = resolve_domain("legal", settings)
+    before = fingerprint(domain, "base", settings, 5, None)
+    with (tmp_path / "legal" / "qa.jsonl").open("a") as f:
+        f.write("\n")  # any change to the questions invalidates saved results
+    after = fingerprint(domain, "base", settings, 5, None)
+    assert before["qa"]["legal_qa"] != after["qa"]["legal_qa"] and before["split"] == "test"
 
 
 def test_evidence_rows_skip_the_label_whose_passage_does_not_answer():

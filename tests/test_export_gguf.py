@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from bot import adapters as store
+from bot.answer import Question
 from bot.config import ROOT
-from training import export
+from training import export, gguf_lora
 
 pytestmark = pytest.mark.slow
 
@@ -68,33 +69,33 @@ def test_gguf_metadata_and_q_k_permutation(trained):
     from safetensors.numpy import load_file
 
     peft = load_file(str(path.parent / "peft" / "adapter_model.safetensors"))
-    tensors, _ = export.read_adapter_gguf(path)
+    tensors, _ = gguf_lora.read_adapter_gguf(path)
     qb = next(v for k, v in peft.items() if "layers.3.self_attn.q_proj.lora_B" in k)
     kb = next(v for k, v in peft.items() if "layers.3.self_attn.k_proj.lora_B" in k)
-    np.testing.assert_allclose(tensors["blk.3.attn_q.weight.lora_b"], export.permute_rows(qb, 9), atol=1e-3)
-    np.testing.assert_allclose(tensors["blk.3.attn_k.weight.lora_b"], export.permute_rows(kb, 3), atol=1e-3)
+    np.testing.assert_allclose(tensors["blk.3.attn_q.weight.lora_b"], gguf_lora.permute_rows(qb, 9), atol=1e-3)
+    np.testing.assert_allclose(tensors["blk.3.attn_k.weight.lora_b"], gguf_lora.permute_rows(kb, 3), atol=1e-3)
 
 
 def test_permutation_round_trips():
     w = np.arange(576 * 4, dtype=np.float32).reshape(576, 4)
-    assert not np.array_equal(export.permute_rows(w, 9), w)
-    np.testing.assert_array_equal(export.unpermute_rows(export.permute_rows(w, 9), 9), w)
+    assert not np.array_equal(gguf_lora.permute_rows(w, 9), w)
+    np.testing.assert_array_equal(gguf_lora.unpermute_rows(gguf_lora.permute_rows(w, 9), 9), w)
 
 
 def test_warm_start_can_rebuild_peft_weights_from_the_gguf(trained):
     import torch
     from safetensors.torch import load_file
 
-    from training.finetune import _unwrap, load_base, served_gguf
+    from training.finetune import load_base, served_gguf, unwrap
 
     folder = trained / "domains" / "finance" / "adapters" / "v1"
     base, _ = load_base(served_gguf())
-    model = export.peft_from_gguf(base, folder / "adapter.gguf")
+    model = gguf_lora.peft_from_gguf(base, folder / "adapter.gguf")
     saved = load_file(str(folder / "peft" / "adapter_model.safetensors"))
     live = {k.replace(".default", ""): v for k, v in model.state_dict().items()}
     for key in [k for k in saved if "layers.5." in k]:
         torch.testing.assert_close(live[key], saved[key], atol=1e-3, rtol=1e-2)  # f16 in the GGUF
-    _unwrap(model)
+    unwrap(model)
 
 
 def test_loads_into_the_runtime_and_answers_through_the_serving_path(trained, runtime, embedder, base_settings):
@@ -104,9 +105,9 @@ def test_loads_into_the_runtime_and_answers_through_the_serving_path(trained, ru
 
     settings = base_settings.with_(domains_dir=trained / "domains")
     answerer = Answerer(settings, discover(settings.domains_dir), Retriever(settings, embedder), runtime)
-    ans = answerer.answer("What is the sentiment of this financial news tweet for investors? Answer Bearish, "
-                          "Bullish or Neutral.\n\nShares jump 8% after record quarterly profit", domain="finance",
-                          passages=[], max_tokens=6)
+    ans = answerer.answer(Question("What is the sentiment of this financial news tweet for investors? Answer Bearish, "
+                                   "Bullish or Neutral.\n\nShares jump 8% after record quarterly profit",
+                                   domain="finance", passages=[], max_tokens=6))
     assert ans.adapter == "v1" and ans.kind == "answer" and ans.text.strip()
 
 
@@ -167,7 +168,7 @@ def test_adapter_for_another_base_is_refused(trained, capsys, runtime):
     assert main(["eval", "finance", "--adapter", "v9", "--limit", "1", "--tasks", "tfns_sentiment"]) == 2
     assert "was trained on base 000000000000" in capsys.readouterr().err
     # an adapter whose tensors don't fit this base: llama.cpp refuses it, and so does the PEFT rebuild
-    wrong = export.write_adapter_gguf({"blk.0.attn_q.weight.lora_a": np.zeros((8, 100), np.float32),
+    wrong = gguf_lora.write_adapter_gguf({"blk.0.attn_q.weight.lora_a": np.zeros((8, 100), np.float32),
                                        "blk.0.attn_q.weight.lora_b": np.zeros((100, 8), np.float32)}, 16, trained / "wrong.gguf")
     with pytest.raises(AdapterMismatch):
         runtime.ensure_adapter("finance:wrong", wrong)

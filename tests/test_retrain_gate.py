@@ -134,3 +134,22 @@ def test_kill_9_during_retraining_leaves_the_live_adapter_untouched(workspace) -
         rt.mark_abandoned(store, "finance")
     assert store.runs("finance")[0]["status"] == "failed"
     assert rt.new_example_count(store, "finance") == 8  # its examples were never tried to the end
+
+
+def test_retrain_judge_refuses_a_candidate_that_loses_the_real_job(monkeypatch, base_settings) -> None:
+    """Better sentiment, worse open answers: retrain's judge (evaluate + gate) must not promote it."""
+    from training import evaluate as ev
+
+    def task(kind: str, score: float, supported: float = 0.0) -> dict:
+        extra = {"correct": score, "supported": supported} if kind == "open_qa" else {"macro_f1": score}
+        return {"kind": kind, "n": 40, "score": score, **extra}
+
+    made = {
+        "v3": ev.EvalResult("finance", "v3", {TASK: task("classification", 0.95), "finance_qa": task("open_qa", 0.20, 0.6)}),
+        "v2": ev.EvalResult("finance", "v2", {TASK: task("classification", 0.70), "finance_qa": task("open_qa", 0.28, 0.6)}),
+    }
+    monkeypatch.setattr(ev, "evaluate", lambda domain, adapter, **kw: made[adapter])
+    finance = discover(base_settings.domains_dir).get("finance")
+    ok, reason, cur, cand = rt.judge(finance, "v3", "v2", rt.RetrainConfig(margin=0.01), base_settings)
+    assert not ok and reason.startswith("finance_qa correctness fell 0.080 (0.280 -> 0.200)")
+    assert rt.summarize(cand)["tasks"] == {TASK: 0.95, "finance_qa": 0.20}  # the store still gets plain scores

@@ -158,7 +158,7 @@ def test_write_peft_rebuilds_peft_files_that_export_back_to_the_same_gguf(live: 
     """`--write-peft` for a version without PEFT files: GGUF -> PEFT safetensors -> GGUF gives the same tensors."""
     import numpy as np
 
-    from training.export import export_gguf, read_adapter_gguf
+    from training.gguf_lora import export_gguf, read_adapter_gguf
     from training.serve_export import write_peft
 
     plan = make_plan(live, "legal")

@@ -188,19 +188,42 @@ def test_a_dm_is_answered_in_the_dm(bot: Bot):
     assert bot.exchanges()[0]["source"] == "slack:dm"
 
 
-def test_a_thread_follow_up_keeps_its_domain_unless_overridden(bot: Bot):
+def test_a_thread_follow_up_keeps_its_domain_unless_another_is_clearly_meant(bot: Bot):
     root = bot.say("<@UBOT> What are the early symptoms of type 2 diabetes?")
     bot.wait_final(CHANNEL, root)
-    # On its own this would route to legal; in a medical thread it stays medical.
-    bot.say("and what about the notice period?", thread_ts=root, mention=False)
+    bot.say("and how long is it?", thread_ts=root, mention=False)  # vague: the router prefers no domain
     bot.wait_final(CHANNEL, root, n=2)
+    bot.say("How much notice is needed to terminate the distribution agreement?", thread_ts=root, mention=False)
+    [*_, switched] = bot.wait_final(CHANNEL, root, n=3)
     bot.say("finance: What was the total revenue in 2019?", thread_ts=root, mention=False)
-    bot.wait_final(CHANNEL, root, n=3)
+    bot.wait_final(CHANNEL, root, n=4)
     rows = bot.exchanges()
     assert [(r["domain"], r["chosen_by"]) for r in rows] == [("medical", "router"), ("medical", "thread"),
-                                                             ("finance", "explicit")]
-    assert [r["source"] for r in rows] == ["slack:mention", "slack:thread", "slack:thread"]
+                                                             ("legal", "switched"), ("finance", "explicit")]
+    assert "rather than the thread's earlier topic" in blocks_text(switched)  # the user is told it switched
+    assert [r["source"] for r in rows] == ["slack:mention", "slack:thread", "slack:thread", "slack:thread"]
     assert bot.slack.calls("conversations.replies", ts=root)  # the thread history was read as context
+
+
+def test_the_final_slack_text_is_the_guarded_answer_not_the_streamed_draft(start_bot, quick: Answerer):
+    from bot.testing.scripted_llm import scripted
+
+    def reply(body: dict) -> str:
+        block = body["messages"][0]["content"].split("[1] ", 1)[1].split("\n", 1)[1].split("\n\n")[0]
+        fact = block.strip().split(". ")[0].rstrip(".")
+        return f"{fact} [1]. Also, the supplier owes a penalty of $198.2 million each quarter."
+
+    answerer, _ = scripted(quick, reply)
+    bot = start_bot(answerer=answerer, stream_interval_s=0.0)
+    ts = bot.say("<@UBOT> legal: How many major code releases of OPS may the supplier ship per year without "
+                 "Bank of America's consent?")
+    [final] = bot.wait_final(CHANNEL, ts)
+    # The scripted model's draft carried the invented figure; what stays in the thread must not.
+    assert "198.2" not in blocks_text(final) and "198.2" not in final.get("text", "")
+    assert "no more than two major code releases" in final.get("text", "")
+    [row] = bot.exchanges()
+    assert row["guard_verdict"] == "trimmed" and "198.2" not in row["answer"]
+    assert row["answer"] == final["text"].split("\n\n")[0] or row["answer"] in final["text"]
 
 
 def test_slash_ask_with_a_domain(bot: Bot):

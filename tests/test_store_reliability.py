@@ -5,7 +5,7 @@
 - 4 concurrent writer processes doing read-then-write: 0 "database is locked" errors. The same workload with
   deferred transactions runs beside it as a control, to show the harness does see lock errors when they happen.
 
-Rounds are set by DOMAINBOT_KILL_ROUNDS (default 20; DESIGN.md's 200 was measured the same way).
+Rounds are set by DOMAINBOT_KILL_ROUNDS (default 20; docs/design.md's 200 was measured the same way).
 """
 
 from __future__ import annotations

@@ -101,7 +101,7 @@ def test_warm_start_loads_the_previous_adapter(tiny_base, tiny_examples, tmp_pat
     live = {k.replace(".default", ""): v for k, v in model.state_dict().items()}
     assert torch.equal(live[key], saved[key]) and saved[key].abs().sum() > 0
     assert any(p.requires_grad for p in model.parameters())
-    finetune._unwrap(model)
+    finetune.unwrap(model)
 
 
 def test_bad_warm_start_and_missing_base_are_clear(tiny_base, tiny_examples, tmp_path):
@@ -139,7 +139,7 @@ def test_warm_start_from_an_adapter_of_another_base_is_refused(tiny_base, tiny_e
     """A GGUF adapter shaped for SmolLM2 (hidden 576) does not fit the tiny base: a clear BaseMismatch."""
     import numpy as np
 
-    from training.export import BaseMismatch, write_adapter_gguf
+    from training.gguf_lora import BaseMismatch, write_adapter_gguf
 
     folder = tmp_path / "v1"
     write_adapter_gguf({"blk.0.attn_q.weight.lora_a": np.zeros((8, 576), np.float32),

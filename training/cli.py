@@ -1,4 +1,4 @@
-"""`domainbot train | eval | adapters | promote | rollback`."""
+"""`domainbot train | publish | eval | adapters | promote | rollback`."""
 
 from __future__ import annotations
 
@@ -52,12 +52,14 @@ def register(sub) -> None:
     p.add_argument("--promote", action="store_true", help="make the new version live after it verifies")
     p.set_defaults(func=cmd_publish)
 
-    p = sub.add_parser("eval", help="score the base model and/or an adapter on the domain's eval.jsonl")
+    p = sub.add_parser("eval", help="score the base model and/or an adapter on the domain's eval.jsonl and qa.jsonl")
     p.add_argument("domain")
-    p.add_argument("--adapter", help="vN, base or current (default: current, compared with base)")
+    p.add_argument("--adapter", help="vN, base or current (default: current, compared with base; a vN that is not "
+                                     "live is also compared with the live one, and the gate's verdict is recorded)")
     p.add_argument("--limit", type=int, help="at most this many items per task")
-    p.add_argument("--tasks", nargs="*", help="only these eval tasks")
-    p.add_argument("--no-compare", action="store_true", help="do not also evaluate the base model")
+    p.add_argument("--tasks", nargs="*", help="only these eval tasks (e.g. legal_qa)")
+    p.add_argument("--split", choices=("dev", "test"), default="test", help="qa.jsonl split of open_qa tasks")
+    p.add_argument("--no-compare", action="store_true", help="do not also evaluate the base and live models")
     p.add_argument("--out", type=Path, help="report folder (default: reports/<domain>)")
     p.add_argument("--retrieval-only", action="store_true", help="only recall@k of the retriever (no model; seconds)")
     p.set_defaults(func=cmd_eval)
@@ -68,14 +70,21 @@ def register(sub) -> None:
     p.add_argument("export_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_adapters)
 
-    p = sub.add_parser("promote", help="make an adapter version (or 'base') live")
-    p.add_argument("domain")
-    p.add_argument("version")
+    p = sub.add_parser("promote", help="make an adapter version (or 'base') live, if its recorded gate verdict passed")
+    promote_args(p)
     p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("rollback", help="go back to the version that was live before the last promotion")
     p.add_argument("domain")
     p.set_defaults(func=cmd_rollback)
+
+
+def promote_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("domain")
+    p.add_argument("version")
+    p.add_argument("--force", action="store_true",
+                   help="promote over a failed (or missing) gate verdict; needs --reason")
+    p.add_argument("--reason", help="why (recorded in meta.json and adapters/history.jsonl)")
 
 
 def parse_caps(items: list[str]) -> dict[str, int]:
@@ -169,7 +178,7 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     from bot.answer import Answerer
-    from training.evaluate import cached, evaluate, record_metrics, save_results, table
+    from training.evaluate import evaluate, record_metrics, save_results, table
 
     domain = resolve_domain(args.domain, settings)
     if args.retrieval_only:
@@ -178,25 +187,55 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
         print(table([retrieval_only(domain, settings)]))
         return 0
     wanted = args.adapter or "current"
+    live = store.current(domain.adapters_dir)
+    live_name = live.version if live else "base"
     answerer = Answerer.from_settings(settings)
     try:
-        results = []
-        kwargs = {"limit": args.limit, "tasks": args.tasks, "settings": settings, "answerer": answerer}
+        kwargs = {"limit": args.limit, "tasks": args.tasks, "settings": settings, "answerer": answerer,
+                  "split": args.split}
         main = evaluate(domain, wanted, **kwargs)
+        results, verdict = [main], None
         if main.adapter != "base" and not args.no_compare:
-            base = cached(domain, "base", settings, args.limit, args.tasks, args.out)
-            if base:
-                print(f"base: reusing the saved results for the same model, data and settings ({base.seconds:.0f}s saved)")
-            results.append(base or evaluate(domain, "base", **kwargs))
-        results.append(main)
+            results.insert(0, _cached_or_run(domain, "base", args, settings, kwargs))
+            if main.adapter != live_name:  # a candidate: the gate compares it with what serves now
+                live_result = results[0]
+                if live_name != "base":
+                    live_result = _cached_or_run(domain, live_name, args, settings, kwargs)
+                    results.insert(1, live_result)
+                verdict = _record_gate(domain, main, live_result, settings.gate_margin)
     finally:
         answerer.close()
     if main.adapter != "base":
         record_metrics(domain, main, results[0] if len(results) > 1 else None)
     path, png = save_results(results, args.out)
     print(table(results))
+    if verdict:
+        print(f"\ngate {'passed' if verdict['passed'] else 'FAILED'} {verdict['reason']} (recorded in meta.json)")
     print(f"\nwrote {path} and {png}")
     return 0
+
+
+def _cached_or_run(domain, adapter: str, args: argparse.Namespace, settings: Settings, kwargs: dict):
+    from training.evaluate import cached, evaluate
+
+    saved = cached(domain, adapter, settings, args.limit, args.tasks, args.out, split=args.split)
+    if saved:
+        print(f"{adapter}: reusing the saved results for the same model, data and settings ({saved.seconds:.0f}s saved)")
+    return saved or evaluate(domain, adapter, **kwargs)
+
+
+def _record_gate(domain, candidate, live, margin: float) -> dict:
+    """The gate's verdict on the candidate vs the live version, in its meta.json: `domainbot promote` reads it."""
+    import time
+
+    from training.evaluate import gate
+
+    ok, reason = gate(candidate, live, margin)
+    verdict = {"passed": ok, "reason": f"vs {live.adapter}: {reason}", "against": live.adapter, "by": "domainbot eval",
+               "tasks": sorted(candidate.tasks), "limit": candidate.limit, "split": candidate.split, "margin": margin,
+               "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    store.update_meta(domain.adapters_dir / candidate.adapter, gate=verdict)
+    return verdict
 
 
 def cmd_adapters(args: argparse.Namespace, settings: Settings) -> int:
@@ -204,6 +243,10 @@ def cmd_adapters(args: argparse.Namespace, settings: Settings) -> int:
         from training.serve_export import export_main
 
         return export_main(args.export_args, settings)
+    if args.domain == "promote":  # `domainbot adapters promote <d> <version> [--force --reason ...]`
+        p = argparse.ArgumentParser(prog="domainbot adapters promote", description="same as `domainbot promote`")
+        promote_args(p)
+        return cmd_promote(p.parse_args(args.export_args), settings)
     if args.export_args:
         raise UserFacingError(f"unexpected arguments after the domain: {' '.join(args.export_args)}")
     domain = resolve_domain(args.domain, settings)
@@ -212,23 +255,27 @@ def cmd_adapters(args: argparse.Namespace, settings: Settings) -> int:
     if not found:
         print(f"{domain.name}: no adapters yet (live: base). Train one with `domainbot train {domain.name}`.")
         return 0
-    print(f"{'':2}{'version':8}{'created':26}{'MB':>6}  {'steps':>6}  {'loss':>6}  metrics")
+    print(f"{'':2}{'version':8}{'created':26}{'MB':>6}  {'steps':>6}  {'loss':>6}  {'gate':7} metrics")
     for v in found:
         meta = v.meta
         tasks = (meta.get("metrics") or {}).get("tasks", {})
         scores = ", ".join(f"{t} {s['score']:.3f}" for t, s in sorted(tasks.items())) or "not evaluated"
         mark = "* " if live and live.version == v.version else "  "
         train = meta.get("train", {})
+        passed, _ = store.gate_verdict(v.path)
+        gate = "forced" if meta.get("forced") else {True: "passed", False: "FAILED", None: "-"}[passed]
         print(f"{mark}{v.version:8}{meta.get('created', '?'):26}{v.gguf.stat().st_size / 1e6:6.1f}  "
-              f"{train.get('steps', '?'):>6}  {train.get('final_loss', float('nan')):6.3f}  {scores}")
+              f"{train.get('steps', '?'):>6}  {train.get('final_loss', float('nan')):6.3f}  {gate:7} {scores}")
     print(f"\nlive: {live.version if live else 'base'}")
     return 0
 
 
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
+    """By hand: the version's recorded gate verdict must have passed, or --force --reason overrides it."""
     domain = resolve_domain(args.domain, settings)
-    store.promote(domain.adapters_dir, args.version)
-    print(f"{domain.name}: {args.version} is now live")
+    store.promote_by_hand(domain.adapters_dir, args.version, force=args.force, reason=args.reason)
+    forced = f" (forced: {args.reason.strip()})" if args.force else ""
+    print(f"{domain.name}: {args.version} is now live{forced}")
     return 0
 
 

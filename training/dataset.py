@@ -4,6 +4,8 @@ Every example goes through `bot.prompt.build_messages` with the domain's system 
 token budget, so an adapter learns the prompt shape it will see in Slack. A row whose text lives only in
 the corpus (TAT-QA, most MedQuAD rows: `input` empty, `context_id` set) gets that passage as source [1],
 as retrieval would supply it; a row with inline `input` is pasted after the instruction, as a user would.
+A RAG row (`training/rag_data.py`) lists its sources in `passages`: corpus ids or retriever chunk ids
+(`doc#n`, with the chunk's character span of the doc in `spans`), shown as [1..k] in that order.
 """
 
 from __future__ import annotations
@@ -105,6 +107,27 @@ def user_text(instruction: str, inline: str | None) -> str:
     return clean_question(f"{instruction.strip()}\n\n{inline}" if inline else instruction.strip())
 
 
+def chunk_passage(pid: str, corpus: dict[str, Passage], spans: dict | None = None, where: str = "") -> Passage:
+    """A source named by a RAG row: a corpus id is the whole passage; a retriever chunk id `doc#n` is the doc's
+    text at spans[pid] (start, end), stripped as `chunk_doc` strips it, or the whole stripped text (a doc that
+    fits in one chunk). Chunk ids keep the rows small: the text is rebuilt from the corpus."""
+    if pid in corpus:
+        return corpus[pid]
+    doc_id, _, n = pid.rpartition("#")
+    doc = corpus.get(doc_id)
+    if doc is None or not n.isdigit():
+        raise DatasetError(f"{where}: passage {pid!r} is not in the corpus (neither an id nor an id#chunk)")
+    span = (spans or {}).get(pid)
+    if span is None:
+        text = doc.text.strip()
+    elif (not isinstance(span, list | tuple) or len(span) != 2 or not all(isinstance(x, int) for x in span)
+          or not 0 <= span[0] < span[1] <= len(doc.text)):
+        raise DatasetError(f"{where}: span {span!r} of passage {pid!r} is not a [start, end] inside the doc")
+    else:
+        text = doc.text[span[0] : span[1]].strip()
+    return Passage(pid, doc.title, text, 1.0, doc.doc_id, dict(doc.metadata))
+
+
 def row_to_example(
     row: dict,
     domain: Domain,
@@ -120,7 +143,11 @@ def row_to_example(
         instruction = SERVED_PHRASING[row["task"]](instruction)
     passages: list[Passage] = []
     inline = row.get("input") or ""
-    if row.get("context_id") and not inline.strip():
+    if row.get("passages") is not None:  # a RAG row: the retriever's sources, in the order it lists them
+        if not isinstance(row["passages"], list) or not all(isinstance(p, str) for p in row["passages"]):
+            raise DatasetError(f"{where}: `passages` must be a list of passage ids")
+        passages = [chunk_passage(pid, corpus, row.get("spans"), where) for pid in row["passages"]]
+    elif row.get("context_id") and not inline.strip():
         passage = corpus.get(row["context_id"])
         if passage is None:
             raise DatasetError(f"{where}: context_id {row['context_id']!r} is not in {domain.name}'s corpus")
@@ -215,7 +242,7 @@ def load_examples(
         rows = rows[:max_examples]
     if not rows:
         raise DatasetError(f"the {domain.name} dataset is empty after sampling (max_examples={max_examples})")
-    corpus = load_corpus(domain) if any(r.get("context_id") for r in rows) else {}
+    corpus = load_corpus(domain) if any(r.get("context_id") or r.get("passages") for r in rows) else {}
     return [
         row_to_example(
             row, domain, corpus, budget=settings.prompt_budget, count=count,

@@ -4,7 +4,9 @@ Each item goes through `Answerer.answer` (llama.cpp, the adapter, the prompt bui
 task uses it). How an item is asked follows the task's manifest entry:
 - inline text (a tweet, a clause, an abstract): `question + "\\n\\n" + context`, no retrieved passages;
 - reading comprehension (`retrieval = true` and an inline context, e.g. TAT-QA): the gold context as source [1];
-- open questions (no context, e.g. MedQuAD): retrieved passages, as in Slack.
+- open questions (no context, e.g. MedQuAD): retrieved passages, as in Slack;
+- `kind = "open_qa"` tasks (rows from the task's `source`, e.g. qa.jsonl, one `split`): retrieved passages, and
+  scored by `training.qa_eval` (correct, cites the gold passage, supported, retrieved, abstained right).
 Retrieval recall@k against `context_id` is scored separately (the ranker, no score floor), as asked and with
 the source named.
 """
@@ -12,7 +14,6 @@ the source named.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,11 +24,12 @@ from bot.config import ROOT, Settings, load_settings
 from bot.domains import Domain
 from bot.errors import UserFacingError
 from bot.prompt import Passage
-from training import metrics
+from training import metrics, qa_eval
 from training.dataset import load_corpus, read_jsonl, resolve_domain
+from training.qa_eval import contract_name, named_question  # noqa: F401 - re-exported (tests, bench)
 
 REPORTS_DIR = ROOT / "reports"
-MAX_TOKENS = {"classification": 8, "extraction": 32, "qa": 64}
+MAX_TOKENS = {"classification": 8, "extraction": 32, "qa": 64, qa_eval.KIND: 64}
 TASK_MAX_TOKENS = {"medquad_open_qa": 64, "legalbench_rule_qa": 64, "tatqa_hybrid_qa": 48}
 RECALL_K = (1, 5)
 
@@ -42,6 +44,7 @@ class EvalResult:
     seconds: float = 0.0
     limit: int | None = None
     fingerprint: dict = field(default_factory=dict)  # what the scores depend on (cached base results must match)
+    split: str = "test"  # of the open_qa tasks' rows
 
     @property
     def overall(self) -> float:
@@ -54,7 +57,7 @@ class EvalResult:
     @classmethod
     def from_dict(cls, d: Mapping) -> EvalResult:
         return cls(d["domain"], d["adapter"], dict(d["tasks"]), dict(d.get("retrieval", {})), list(d.get("items", [])),
-                   float(d.get("seconds", 0.0)), d.get("limit"), dict(d.get("fingerprint", {})))
+                   float(d.get("seconds", 0.0)), d.get("limit"), dict(d.get("fingerprint", {})), d.get("split", "test"))
 
 
 # ---- asking one item ------------------------------------------------------------------------------------
@@ -74,6 +77,8 @@ def task_labels(domain: Domain, task: str, rows: Sequence[dict]) -> list[str]:
 
 def ask_plan(domain: Domain, row: dict, titles: Mapping[str, str]) -> tuple[str, list[Passage] | None]:
     """(question, passages) for Answerer.answer: passages None = retrieve, [] = none."""
+    if domain.tasks.get(row["task"], {}).get("kind") == qa_eval.KIND:  # the real job: retrieval, no gold passage
+        return qa_eval.question_of(row), None
     context = (row.get("context") or "").strip()
     if not context:
         return row["question"], None
@@ -83,8 +88,13 @@ def ask_plan(domain: Domain, row: dict, titles: Mapping[str, str]) -> tuple[str,
     return f"{row['question'].strip()}\n\n{context}", []
 
 
-def load_eval_rows(domain: Domain, tasks: Sequence[str] | None, limit: int | None) -> list[dict]:
-    rows = read_jsonl(domain.eval_file, required=("id", "task", "question", "answer"))
+def load_eval_rows(domain: Domain, tasks: Sequence[str] | None, limit: int | None, split: str = "test") -> list[dict]:
+    """eval.jsonl rows, plus the `split` rows of each open_qa task (from its own source file)."""
+    specs = qa_eval.specs(domain)
+    wanted = [t for t in tasks or [] if t in specs]
+    only_qa = bool(tasks) and len(wanted) == len(tasks)  # then eval.jsonl is not needed (nor required to exist)
+    rows = [] if only_qa else read_jsonl(domain.eval_file, required=("id", "task", "question", "answer"))
+    rows += qa_eval.load_rows(domain, wanted if tasks else None, split, read_jsonl)
     if tasks:
         unknown = set(tasks) - {r["task"] for r in rows}
         if unknown:
@@ -102,6 +112,8 @@ def load_eval_rows(domain: Domain, tasks: Sequence[str] | None, limit: int | Non
 
 # ---- scoring --------------------------------------------------------------------------------------------
 def score_task(kind: str, items: Sequence[dict], labels: Sequence[str]) -> dict:
+    if kind == qa_eval.KIND:
+        return qa_eval.score_task(items)
     golds = [it["gold"] for it in items]
     if kind == "classification":
         preds = [metrics.parse_label(it["output"], labels) for it in items]
@@ -119,32 +131,12 @@ def score_task(kind: str, items: Sequence[dict], labels: Sequence[str]) -> dict:
             "token_f1": sum(f1) / len(f1)}
 
 
-def contract_name(contract_file: str) -> str:
-    """'ADAMSGOLFINC_03_21_2005-EX-10.17-ENDORSEMENT AGREEMENT.PDF' -> 'ADAMSGOLFINC ENDORSEMENT AGREEMENT';
-    'CerenceInc_20191002_8-K_EX-10.4_11827494_EX-10.4_Intellectual Property Agreement' -> 'CerenceInc Intellectual
-    Property Agreement' (as a person names it: no filing codes)."""
-    stem = re.sub(r"\.(pdf|txt)$", "", contract_file, flags=re.IGNORECASE)
-    if re.match(r"[^_]+_\d{8}_", stem):  # EDGAR style: company_date_form_EX-n_id_EX-n_kind
-        return f"{stem.split('_')[0]} {re.split(r'_EX-[^_]*_', stem)[-1].replace('_', ' ').strip()}"
-    company = re.split(r"_\d", stem, maxsplit=1)[0].replace("_", " ").strip()
-    kind = re.split(r"-EX-[\d.]+[A-Z]?-?", stem, maxsplit=1)[-1].replace("_", " ").strip()
-    return f"{company} {kind}".strip() if kind != stem else company
-
-
-def named_question(question: str, passage: Passage | None) -> str:
-    """The question as a user who names the source asks it: contract name, else the passage title."""
-    if passage is None:
-        return question
-    file = passage.metadata.get("contract_file")
-    name = contract_name(file) if file else passage.title
-    return f"{name}: {question}"
-
-
 def retrieval_recall(retriever, domain: Domain, rows: Sequence[dict], corpus: Mapping[str, Passage],
                      progress: bool = True) -> dict[str, dict]:
     from tqdm import tqdm
 
-    gold_rows = [r for r in rows if r.get("context_id")]
+    # open_qa rows report their own `retrieved` (at serving k, with the score floor); this is eval.jsonl's recall
+    gold_rows = [r for r in rows if r.get("context_id") and domain.tasks.get(r["task"], {}).get("kind") != qa_eval.KIND]
     if not gold_rows:
         return {}
     variants = {
@@ -184,15 +176,16 @@ def evaluate(
     answerer=None,
     with_retrieval: bool = True,
     progress: bool = True,
+    split: str = "test",
 ) -> EvalResult:
-    """Score `adapter` ("base", "vN", or None = the live one) on the domain's eval set."""
+    """Score `adapter` ("base", "vN", or None = the live one) on the domain's eval set (open_qa rows of `split`)."""
     from tqdm import tqdm
 
     from bot.answer import Answerer
 
     settings = settings or load_settings()
     domain = resolve_domain(domain, settings)
-    rows = load_eval_rows(domain, tasks, limit)
+    rows = load_eval_rows(domain, tasks, limit, split)
     own = answerer is None
     answerer = answerer or Answerer.from_settings(settings)
     try:
@@ -212,7 +205,7 @@ def evaluate(
         }
         recall = retrieval_recall(answerer.retriever, domain, rows, corpus, progress) if with_retrieval else {}
         return EvalResult(domain.name, adapter, scores, recall, items, time.perf_counter() - t0, limit,
-                          fingerprint(domain, adapter, settings, limit, tasks))
+                          fingerprint(domain, adapter, settings, limit, tasks, split), split)
     finally:
         if own:
             answerer.close()
@@ -235,12 +228,15 @@ def _code_hash(*modules: str) -> str:
 
     h = hashlib.sha256()
     for name in modules:
-        h.update(Path(importlib.util.find_spec(name).origin).read_bytes())
+        spec = importlib.util.find_spec(name)
+        h.update(Path(spec.origin).read_bytes() if spec and spec.origin else name.encode())
     return h.hexdigest()[:16]
 
 
-def fingerprint(domain: Domain, adapter: str, settings: Settings, limit: int | None, tasks: Sequence[str] | None) -> dict:
-    """Everything a score depends on: model + adapter files, eval data, prompt settings, limits."""
+def fingerprint(domain: Domain, adapter: str, settings: Settings, limit: int | None, tasks: Sequence[str] | None,
+                split: str = "test") -> dict:
+    """Everything a score depends on: model + adapter files, eval data (qa.jsonl and its split too), prompt
+    settings, limits, and the code that retrieves, guards and scores open questions."""
     import hashlib
 
     from training.finetune import file_hash, served_gguf
@@ -252,18 +248,21 @@ def fingerprint(domain: Domain, adapter: str, settings: Settings, limit: int | N
         "prompt": hashlib.sha256(f"{domain.system_prompt}|{domain.tasks}|{settings.prompt_budget}".encode()).hexdigest()[:16],
         "max_tokens": {**MAX_TOKENS, **TASK_MAX_TOKENS}, "limit": limit, "tasks": sorted(tasks or []),
         "retrieval": _code_hash("bot.retrieval.index", "bot.retrieval.bm25"),
+        "split": split,
+        "qa": {t: file_hash(path) for t, path in sorted(qa_eval.sources(domain).items()) if path.is_file()},
+        "qa_code": _code_hash("training.qa_eval", "training.metrics", "bot.guard", "bot.answer"),
     }
 
 
 def cached(domain: Domain, adapter: str, settings: Settings, limit: int | None, tasks: Sequence[str] | None,
-           folder: Path | None = None) -> EvalResult | None:
+           folder: Path | None = None, split: str = "test") -> EvalResult | None:
     """A saved result for exactly this setup (e.g. the base model, which every comparison needs), else None."""
     path = (folder or REPORTS_DIR / domain.name) / f"eval_{adapter}.json"
     try:
         saved = EvalResult.from_dict(json.loads(path.read_text()))
     except (OSError, ValueError, KeyError):
         return None
-    return saved if saved.fingerprint == fingerprint(domain, adapter, settings, limit, tasks) else None
+    return saved if saved.fingerprint == fingerprint(domain, adapter, settings, limit, tasks, split) else None
 
 
 def _resolve_adapter(domain: Domain, adapter: str | None, settings: Settings) -> str:
@@ -285,15 +284,22 @@ def _resolve_adapter(domain: Domain, adapter: str | None, settings: Settings) ->
 
 
 def _ask(answerer, domain: Domain, row: dict, adapter: str, titles: Mapping[str, str]) -> dict:
+    from bot.answer import Question
+
     question, passages = ask_plan(domain, row, titles)
     kind = task_kind(domain, row["task"], row)
     max_tokens = TASK_MAX_TOKENS.get(row["task"], MAX_TOKENS.get(kind, 64))
-    answer = answerer.answer(question, domain=domain.name, adapter=adapter, passages=passages, max_tokens=max_tokens)
+    answer = answerer.answer(Question(question, domain=domain.name, adapter=adapter, passages=passages,
+                                      max_tokens=max_tokens))
     # Policy replies (an emergency redirect, a refusal) run no model; they are scored like any other output.
     if adapter != "base" and answer.kind == "answer" and answer.adapter != adapter:
         raise UserFacingError(f"the runtime refused adapter {adapter} for {domain.name}: {' '.join(answer.notes)}")
-    return {"id": row["id"], "task": row["task"], "gold": row["answer"], "output": answer.text, "kind": answer.kind,
+    item = {"id": row["id"], "task": row["task"], "gold": row["answer"], "output": answer.text, "kind": answer.kind,
             "total_s": round(answer.timings.get("total_s", 0.0), 3)}
+    if kind == qa_eval.KIND:  # what the scorer needs: the gold's forms, and what was shown, cited and guarded
+        item.update({k: row[k] for k in qa_eval.ITEM_FIELDS if k in row}, question=question)
+        item.update(qa_eval.answer_record(answer))
+    return item
 
 
 # ---- promotion gate -------------------------------------------------------------------------------------
@@ -304,8 +310,18 @@ def _task_scores(result) -> dict[str, float]:
     return {t: float(s["score"] if isinstance(s, Mapping) else s) for t, s in tasks.items()}
 
 
+def _task_dicts(result) -> dict:
+    if isinstance(result, EvalResult):
+        return result.tasks
+    return dict(result.get("tasks", result)) if isinstance(result, Mapping) else {}
+
+
 def gate(candidate, current, margin: float = 0.01) -> tuple[bool, str]:
-    """Promote only if the candidate is not worse overall and no task drops by more than `margin`."""
+    """Promote only if the candidate keeps the real job (each open_qa task's correctness and supported rate within
+    `margin` of the current's, checked first), is not worse overall, and no task drops by more than `margin`."""
+    refused = qa_eval.gate_check(_task_dicts(candidate), _task_dicts(current), margin)
+    if refused:
+        return False, refused
     cand, cur = _task_scores(candidate), _task_scores(current)
     shared = sorted(set(cand) & set(cur))
     if not shared:
@@ -329,6 +345,9 @@ def table(results: Sequence[EvalResult]) -> str:
     lines = [head]
     for task in tasks:
         first = next(r.tasks[task] for r in results if task in r.tasks)
+        if first["kind"] == qa_eval.KIND:
+            lines += qa_eval.table_rows(task, results)
+            continue
         cls = first["kind"] == "classification"
         second = "accuracy" if cls else "exact_match"
         cells = [f"{r.tasks[task]['score']:.3f} / {r.tasks[task][second]:.3f}" if task in r.tasks else "-" for r in results]

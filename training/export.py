@@ -1,15 +1,9 @@
-"""PEFT LoRA -> GGUF LoRA adapter (the `gguf` package only), verified against llama.cpp before it is accepted.
-
-GGUF layout (llama.cpp `llama-adapter.cpp`): `general.type=adapter`, `adapter.type=lora`, `adapter.lora.alpha`,
-tensors `blk.N.<name>.weight.lora_a` (r, in) and `.lora_b` (out, r). llama.cpp's converter permutes the Q and
-K rows of the llama architecture (rotary halves interleaved per head), so `lora_b` of q/k is permuted the
-same way; without it the logits drift by up to 5.9 (DESIGN.md).
-"""
+"""Export a trained PEFT LoRA to GGUF (`training.gguf_lora`), verify it against llama.cpp, and publish it as
+a new adapter version only when llama.cpp+adapter agrees with transformers+peft."""
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import sys
 import time
@@ -20,24 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from bot import adapters as store
-from bot.errors import UserFacingError
+from training.gguf_lora import BaseMismatch, ExportError, export_gguf, read_adapter_gguf
 
-GGUF_NAMES = {
-    "q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
-    "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down",
-}
-PEFT_KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+_proj)\.lora_([AB])(?:\.default)?\.weight$")
-GGUF_KEY = re.compile(r"^blk\.(\d+)\.(\w+)\.weight\.lora_([ab])$")
-MIN_AGREEMENT = 0.9  # top-1 agreement on answer positions; Q4_1 itself gives ~0.98 (DESIGN.md)
-MERGED_TYPES = ("q8_0", "q4_k_m")  # never q4_1: a merge requantized to Q4_1 lost the fine-tune (DESIGN.md)
-
-
-class ExportError(UserFacingError):
-    """The adapter could not be exported or failed verification; it was not published."""
-
-
-class BaseMismatch(UserFacingError):
-    """An adapter trained on another base model than the one configured."""
+MIN_AGREEMENT = 0.9  # top-1 agreement on answer positions; Q4_1 itself gives ~0.98 (docs/design.md)
+MERGED_TYPES = ("q8_0", "q4_k_m")  # never q4_1: a merge requantized to Q4_1 lost the fine-tune (docs/design.md)
 
 
 @dataclass
@@ -48,124 +28,6 @@ class VerifyReport:
     prompts: int
     max_logit_diff: float
     seconds: float
-
-
-# ---- tensor layout --------------------------------------------------------------------------------------
-def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
-    """Reorder rows from HF's rotary layout (two halves per head) to llama.cpp's (interleaved pairs)."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
-    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def heads_for(proj: str, n_head: int, n_kv: int) -> int | None:
-    return {"q_proj": n_head, "k_proj": n_kv}.get(proj)
-
-
-def peft_to_gguf_tensors(state: dict[str, np.ndarray], n_head: int, n_kv: int) -> dict[str, np.ndarray]:
-    out = {}
-    for key, value in state.items():
-        m = PEFT_KEY.search(key)
-        if not m:
-            raise ExportError(f"unexpected tensor in the PEFT adapter: {key} (only LoRA on {', '.join(GGUF_NAMES)})")
-        layer, proj, ab = m.groups()
-        w = np.asarray(value, dtype=np.float32)
-        heads = heads_for(proj, n_head, n_kv)
-        if ab == "B" and heads:
-            w = permute_rows(w, heads)
-        out[f"blk.{layer}.{GGUF_NAMES[proj]}.weight.lora_{ab.lower()}"] = w
-    return out
-
-
-def write_adapter_gguf(tensors: dict[str, np.ndarray], alpha: float, out: Path, *, arch: str = "llama") -> Path:
-    import gguf
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(out), arch)
-    writer.add_type(gguf.GGUFType.ADAPTER)
-    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
-    for name in sorted(tensors):
-        writer.add_tensor(name, np.ascontiguousarray(tensors[name].astype(np.float16)))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return out
-
-
-def read_peft(peft_dir: Path) -> tuple[dict[str, np.ndarray], dict]:
-    from safetensors.numpy import load_file
-
-    config = json.loads((peft_dir / "adapter_config.json").read_text())
-    return load_file(str(peft_dir / "adapter_model.safetensors")), config
-
-
-def model_heads(base_gguf: Path) -> tuple[int, int, str]:
-    """(n_head, n_head_kv, arch) from the base GGUF's metadata."""
-    import gguf
-
-    reader = gguf.GGUFReader(str(base_gguf))
-    arch = reader.fields["general.architecture"].contents()
-    n_head = int(reader.fields[f"{arch}.attention.head_count"].contents())
-    n_kv = int(reader.fields.get(f"{arch}.attention.head_count_kv", reader.fields[f"{arch}.attention.head_count"]).contents())
-    return n_head, n_kv, arch
-
-
-def export_gguf(peft_dir: Path, base_gguf: Path, out: Path, *, alpha_scale: float = 1.0) -> Path:
-    """Write `out` from a PEFT adapter dir. `alpha_scale` exists only to test that verification catches drift."""
-    state, config = read_peft(peft_dir)
-    n_head, n_kv, arch = model_heads(base_gguf)
-    tensors = peft_to_gguf_tensors(state, n_head, n_kv)
-    return write_adapter_gguf(tensors, config["lora_alpha"] * alpha_scale, out, arch=arch)
-
-
-def read_adapter_gguf(path: Path) -> tuple[dict[str, np.ndarray], float]:
-    import gguf
-
-    reader = gguf.GGUFReader(str(path))
-    alpha = float(reader.fields[gguf.Keys.Adapter.LORA_ALPHA].contents())
-    tensors = {t.name: np.array(t.data, dtype=np.float32).reshape([int(x) for x in reversed(t.shape)]) for t in reader.tensors}
-    return tensors, alpha
-
-
-def peft_from_gguf(base, gguf_path: Path, *, trainable: bool = False):
-    """Rebuild a PEFT LoRA model from a GGUF adapter (warm starts from shipped versions that keep no PEFT files)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    tensors, alpha = read_adapter_gguf(gguf_path)
-    n_head, n_kv = base.config.num_attention_heads, base.config.num_key_value_heads
-    by_gguf = {v: k for k, v in GGUF_NAMES.items()}
-    state, targets, rank = {}, set(), 0
-    for name, w in tensors.items():
-        m = GGUF_KEY.match(name)
-        if not m or m.group(2) not in by_gguf:
-            raise ExportError(f"{gguf_path}: unexpected tensor {name}")
-        layer, gname, ab = m.groups()
-        proj = by_gguf[gname]
-        heads = heads_for(proj, n_head, n_kv)
-        if ab == "b" and heads:
-            w = unpermute_rows(w, heads)
-        rank = w.shape[0] if ab == "a" else rank
-        targets.add(proj)
-        part = "self_attn" if proj in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
-        state[f"base_model.model.model.layers.{layer}.{part}.{proj}.lora_{ab.upper()}.default.weight"] = torch.tensor(w)
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=sorted(targets), lora_dropout=0.0, task_type="CAUSAL_LM")
-    model = get_peft_model(base, config)
-    missing = [k for k in state if k not in model.state_dict()]
-    try:
-        if missing:
-            raise RuntimeError(f"no such layer in the base: {missing[0]}")
-        model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shapes or layers differ: trained on another base
-        model.unload()  # leave the (cached) base model as it was
-        raise BaseMismatch(f"{gguf_path} does not fit this base model: {str(exc).splitlines()[-1].strip()}") from None
-    for name, p in model.named_parameters():
-        p.requires_grad = trainable and "lora_" in name
-    return model
 
 
 # ---- verification ---------------------------------------------------------------------------------------
@@ -229,7 +91,7 @@ def verify_peft_dir(base_gguf: Path, adapter_gguf: Path, peft_dir: Path, example
                     min_agreement: float = MIN_AGREEMENT) -> VerifyReport:
     from peft import PeftModel
 
-    from training.finetune import MAX_ANSWER_TOKENS, MAX_LEN, _unwrap, encode, load_base
+    from training.finetune import MAX_ANSWER_TOKENS, MAX_LEN, encode, load_base, unwrap
 
     base, tokenizer = load_base(base_gguf)
     picked = pick_for_verify(examples, n)
@@ -238,7 +100,7 @@ def verify_peft_dir(base_gguf: Path, adapter_gguf: Path, peft_dir: Path, example
     try:
         return verify(base_gguf, adapter_gguf, model, sequences, min_agreement=min_agreement, threads=threads)
     finally:
-        _unwrap(model)
+        unwrap(model)
 
 
 # ---- base model check -----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bot.config import ROOT, Settings, load_settings
 from bot.errors import UserFacingError
@@ -65,7 +66,7 @@ class TrainConfig:
     max_answer_tokens: int = MAX_ANSWER_TOKENS
     grad_clip: float = GRAD_CLIP
     seed: int = 0
-    bf16: bool = True  # bf16 autocast: 1.4x on these AVX512-BF16/AMX CPUs (DESIGN.md); ignored where unsupported
+    bf16: bool = True  # bf16 autocast: 1.4x on these AVX512-BF16/AMX CPUs (docs/design.md); ignored where unsupported
     threads: int = 0  # 0: all cores
     device: str = "auto"  # auto | cpu | cuda
     checkpoint_every: int = CHECKPOINT_EVERY
@@ -180,7 +181,7 @@ def lora_model(base, cfg: TrainConfig):
         if (ws / "adapter_config.json").is_file():
             return PeftModel.from_pretrained(base, ws, is_trainable=True)
         if (ws / "adapter.gguf").is_file() or ws.suffix == ".gguf":
-            from training.export import peft_from_gguf
+            from training.gguf_lora import peft_from_gguf
 
             return peft_from_gguf(base, ws if ws.suffix == ".gguf" else ws / "adapter.gguf", trainable=True)
         raise TrainingError(f"warm start {ws}: neither a PEFT adapter dir nor a folder with adapter.gguf")
@@ -348,16 +349,41 @@ def train(
 
     model = lora_model(base, cfg).to(device)
     try:
-        return _loop(domain, cfg, model, examples, encoded, tokenizer, base_path, run_dir, key, dhash, total,
-                     steps_per_epoch, device, resume, on_step, progress, out_dir, workers)
+        run = Run(domain, cfg, examples, encoded, tokenizer, base_path, run_dir, key, dhash, total, steps_per_epoch,
+                  device, workers, out_dir)
+        return _loop(run, model, resume=resume, on_step=on_step, progress=progress)
     finally:
-        _unwrap(model)  # the cached base model stays clean for the next run in this process
+        unwrap(model)  # the cached base model stays clean for the next run in this process
 
 
-def _loop(domain, cfg, model, examples, encoded, tokenizer, base_path, run_dir, key, dhash, total, steps_per_epoch,
-          device, resume, on_step, progress, out_dir, workers: Workers) -> TrainResult:
+@dataclass
+class Run:
+    """What one training run is fixed to before its first step (the model aside)."""
+
+    domain: Any  # bot.domains.Domain
+    cfg: TrainConfig
+    examples: Sequence[Example]
+    encoded: list[tuple[list[int], int]]  # (token ids, where the answer starts) per example
+    tokenizer: Any
+    base_path: Path
+    run_dir: Path
+    key: str  # identifies the run for resuming
+    data_hash: str
+    total: int  # steps
+    steps_per_epoch: int
+    device: str
+    workers: Workers
+    out_dir: Path | None = None  # where the PEFT weights go; None: run_dir / "peft"
+
+
+def _loop(run: Run, model, *, resume: bool, on_step: Callable[[int, float], None] | None,
+          progress: bool) -> TrainResult:
     import torch
     from tqdm import tqdm
+
+    domain, cfg, examples, encoded, tokenizer = run.domain, run.cfg, run.examples, run.encoded, run.tokenizer
+    base_path, run_dir, key, dhash, total = run.base_path, run.run_dir, run.key, run.data_hash, run.total
+    steps_per_epoch, device, out_dir, workers = run.steps_per_epoch, run.device, run.out_dir, run.workers
 
     ckpt_path = run_dir / "checkpoint.pt"
     params = [p for p in model.parameters() if p.requires_grad]
@@ -446,7 +472,7 @@ def _loop(domain, cfg, model, examples, encoded, tokenizer, base_path, run_dir, 
     return result
 
 
-def _unwrap(model) -> None:
+def unwrap(model) -> None:
     """Remove the LoRA layers so the cached base model can be reused by the next train() or verify()."""
     try:
         model.unload()

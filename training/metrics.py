@@ -6,6 +6,7 @@ import re
 import string
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation.replace("%", "").replace(".", "").replace("-", ""))
@@ -99,3 +100,47 @@ def recall_at_k(ranked: Sequence[Sequence[str]], gold: Sequence[str], k: int) ->
     """Share of queries whose gold doc id is among the first k retrieved doc ids."""
     hits = sum(g in list(dict.fromkeys(r))[:k] for r, g in zip(ranked, gold, strict=True))
     return hits / len(gold) if gold else 0.0
+
+
+# ---- numbers in free text (open questions: correctness and "is every number in the sources?") -----------
+_UNITS = {"%": "%", "percent": "%", "per cent": "%", "thousand": "thousand", "thousands": "thousand",
+          "k": "thousand", "million": "million", "millions": "million", "m": "million", "mn": "million",
+          "billion": "billion", "billions": "billion", "bn": "billion"}
+MULTIPLIER = {"": 1.0, "%": 1.0, "thousand": 1e3, "million": 1e6, "billion": 1e9}
+_NUM_IN_TEXT = re.compile(
+    r"(?<![\w.,])(?P<neg>[-\u2212\u2013](?=[$£€(]?\s?\d))?(?P<open>\()?[$£€]?\s?"
+    r"(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)(?![\w,]*\d)(?P<close>\))?"
+    r"(?:\s?(?P<unit>%|per cent\b|percent\b|thousands?\b|millions?\b|billions?\b|bn\b|mn\b|k\b|m\b))?",
+    re.IGNORECASE)
+_CITATION = re.compile(r"\[\d{1,2}\]")  # [1], [2]: source markers, not numbers of the answer
+
+
+@dataclass(frozen=True)
+class Number:
+    """A number as written: its value, how many decimals it shows, and the unit word after it."""
+
+    value: float
+    decimals: int
+    unit: str = ""  # "", "%", "thousand", "million", "billion"
+    digits: str = ""  # the digits as shown (for significant figures)
+
+    @property
+    def multiplier(self) -> float:
+        return MULTIPLIER[self.unit]
+
+    @property
+    def significant(self) -> int:
+        return len(self.digits.replace(".", "").lstrip("0")) or 1
+
+
+def numbers_in(text: str) -> list[Number]:
+    """Every number in `text`: 3,778 / $3.8 million / (1,234) / -17.95% / 12.5 percent; citation markers skipped."""
+    out = []
+    for m in _NUM_IN_TEXT.finditer(_CITATION.sub(" ", text or "")):
+        raw = m.group("num").replace(",", "")
+        value = float(raw)
+        if m.group("neg") or (m.group("open") and m.group("close")):  # -12 or accounting (12)
+            value = -value
+        unit = _UNITS.get((m.group("unit") or "").lower(), "")
+        out.append(Number(value, len(raw.split(".")[1]) if "." in raw else 0, unit, raw))
+    return out

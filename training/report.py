@@ -304,6 +304,52 @@ def _review_html(items: Sequence[fd.Judged]) -> str:
     return f"<table>{head}{rows}</table>"
 
 
+GUARD_VERDICTS = ("supported", "trimmed", "quoted", "no-sources")
+
+
+def guard_rates(exchanges: Sequence[Mapping]) -> dict[str, Counter]:
+    """Per adapter version: how many answers the grounding guard passed, trimmed, replaced by a quote, or
+    answered with "my sources don't cover this" (answers logged before the guard existed have no verdict)."""
+    out: dict[str, Counter] = defaultdict(Counter)
+    for ex in exchanges:
+        if ex["kind"] == "answer" and ex.get("guard_verdict"):
+            out[version_key(ex["domain"], ex["adapter"])][ex["guard_verdict"]] += 1
+    return {k: out[k] for k in sorted(out, key=_version_order)}
+
+
+def _guard_html(rates: Mapping[str, Counter]) -> str:
+    if not rates:
+        return "<p>No guarded answers logged yet.</p>"
+    head = "".join(f"<th>{h}</th>" for h in ("version", "answers", *GUARD_VERDICTS))
+    body = ""
+    for version, counts in rates.items():
+        n = sum(counts.values())
+        cells = [version, str(n), *(f"{counts[v]} ({counts[v] / n:.0%})" for v in GUARD_VERDICTS)]
+        body += "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def forced_promotions(domains: Iterable) -> list[dict]:
+    """Versions promoted by hand over a failed gate, with the reason given (meta.json "forced")."""
+    from bot import adapters
+
+    out = []
+    for domain in domains:
+        for version in adapters.versions(domain.adapters_dir):
+            forced = version.meta.get("forced")
+            if forced:
+                out.append({"version": version_key(domain.name, version.version), **forced})
+    return out
+
+
+def _forced_html(items: Sequence[Mapping]) -> str:
+    if not items:
+        return "<p>None: every live version passed its gate.</p>"
+    rows = "".join(f"<tr><td>{html.escape(str(i['version']))}</td><td>{html.escape(str(i.get('at', '')))}</td>"
+                   f"<td>{html.escape(str(i.get('reason', '')))}</td></tr>" for i in items)
+    return f"<table><tr><th>version</th><th>when</th><th>reason</th></tr>{rows}</table>"
+
+
 def _summary_html(rows: Sequence[DomainSummary]) -> str:
     head = "".join(f"<th>{h}</th>" for h in ("domain", "exchanges", "👍", "👎", "👍 rate", "corrections",
                                              "reroutes", "opt-outs", "abstained", "last run"))  # fmt: skip
@@ -354,7 +400,11 @@ def write_report(
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-        f"<h2>Summary</h2>{_summary_html(rows)}<h2>Plots</h2>{images}"
+        f"<h2>Summary</h2>{_summary_html(rows)}"
+        f"<h2>Grounding guard per version</h2>{_guard_html(guard_rates(exchanges))}"
+        f"<h2>Promoted over a failed gate</h2>"
+        f"{_forced_html(forced_promotions(d for d in domains if domain in (None, d.name)))}"
+        f"<h2>Plots</h2>{images}"
         f"<h2>Latest 👎 to review</h2>{_review_html(fd.needs_review(fd.judge(exchanges, feedback), review_limit))}"
         "</body></html>"
     )

@@ -271,35 +271,18 @@ def retrain(
         return out
 
 
-class _LazyAnswerer:
-    """Builds the Answerer (model + embedder) only if the run gets past the cheap checks."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._real = None
-
-    def __getattr__(self, name: str) -> Any:
-        if self._real is None:
-            from bot.answer import Answerer
-
-            self._real = Answerer.from_settings(self.settings)
-        return getattr(self._real, name)
-
-    def close_if_built(self) -> None:
-        if self._real is not None:
-            self._real.close()
-
-
 @contextmanager
 def _answering(settings: Settings, answerer) -> Iterator[Any]:
     if answerer is not None:
         yield answerer
         return
-    lazy = _LazyAnswerer(settings)
+    from bot.answer import Answerer
+
+    own = Answerer.from_settings(settings)  # its model loads only if the run gets past the cheap checks
     try:
-        yield lazy
+        yield own
     finally:
-        lazy.close_if_built()
+        own.close()
 
 
 def _run(out: RetrainOutcome, domain: Domain, names: list[str], cfg: RetrainConfig, settings: Settings,

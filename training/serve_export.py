@@ -254,8 +254,8 @@ def choose_target(fmt: str | None, target: str | None) -> str:
 
 def write_peft(plan: Plan) -> list[Path]:
     """Rebuild `vN/peft/` from `vN/adapter.gguf` for every live version that lacks it."""
-    from training.export import peft_from_gguf
     from training.finetune import load_base
+    from training.gguf_lora import peft_from_gguf
 
     written = []
     for a in plan.adapters:

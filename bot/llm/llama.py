@@ -1,6 +1,6 @@
 """The llama.cpp runtime: one GGUF base model, per-domain LoRA adapters switched per request.
 
-A `Llama` context must never be used by two threads at once (it crashes: DESIGN.md), so every
+A `Llama` context must never be used by two threads at once (it crashes: docs/design.md), so every
 generation goes through one worker thread that owns the context. Scale with processes, which share
 the mmapped weights.
 """

@@ -16,7 +16,7 @@ from functools import partial
 from slack_sdk.errors import SlackApiError
 from slack_sdk.webhook import WebhookClient
 
-from bot.answer import Answer
+from bot.answer import Answer, Place, Question
 from bot.errors import BackendUnavailable, UserFacingError, new_error_id
 from bot.exchange_log import log_answer
 from bot.policy import clean_question
@@ -146,11 +146,9 @@ def _answer(ctx: SlackContext, ask: Ask, reply: Reply) -> None:
             stream = MessageStream(ctx.client, ask.channel, reply.ts, interval_s=ctx.settings.stream_interval_s,
                                    render=partial(blocks.streaming_message, title))
     try:
-        result = ctx.answerer.answer(
-            ask.text, route=route, history=history,
-            channel=ask.channel, channel_name=ctx.channel_name(ask.channel), is_dm=ask.is_dm,
-            on_token=stream.feed if stream else None,
-        )
+        place = Place(ask.channel, ctx.channel_name(ask.channel), ask.is_dm)
+        result = ctx.answerer.answer(Question(ask.text, route=route, history=history, place=place),
+                                     on_token=stream.feed if stream else None)
     finally:
         if stream:
             stream.close()
@@ -162,14 +160,15 @@ def _answer(ctx: SlackContext, ask: Ask, reply: Reply) -> None:
 
 
 def choose_route(ctx: SlackContext, ask: Ask) -> RouteResult:
-    """Explicit choice (/ask, a button, a `legal:` prefix) > the thread's domain > the router."""
+    """Explicit choice (/ask, a button, a `legal:` prefix) > the thread's domain, unless the router clearly
+    prefers another > the router."""
     question = clean_question(ask.text)
     if ask.domain:
         return replace(ctx.answerer.route(question, ask.domain), method=ask.method or "explicit")
     prefixed, _ = explicit_prefix(question, list(ctx.answerer.discovery.domains))
     kept = ctx.store.thread_domain(ask.channel, ask.history_ts) if ask.history_ts and not prefixed else None
     if kept in ctx.answerer.discovery.domains:
-        return replace(ctx.answerer.route(question, kept), method="thread")
+        return ctx.answerer.route_follow_up(question, kept)  # keeps the thread's domain unless clearly another's
     return ctx.answerer.route(question)
 
 

@@ -1,7 +1,7 @@
 """HTTP ingress for Slack: v0 signature check in front of bolt, and a threaded server.
 
 We verify requests ourselves instead of with bolt's middleware because bolt answers 500 (not 401)
-for a non-numeric timestamp and logs the whole body of a rejected request (DESIGN.md "Slack facts").
+for a non-numeric timestamp and logs the whole body of a rejected request (docs/design.md "Slack facts").
 Request bodies are never logged here, and `quiet_slack_logging` keeps bolt and slack_sdk from doing it.
 """
 

@@ -156,3 +156,9 @@ def m005_views(db: sqlite_utils.Database) -> None:
         group by e.id
         """,
     )
+
+
+@migration
+def m006_guard_verdict(db: sqlite_utils.Database) -> None:
+    # The grounding guard's verdict per answer, so the owner report can show it per adapter version.
+    db["exchanges"].add_column("guard_verdict", str)

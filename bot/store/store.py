@@ -4,7 +4,7 @@ Privacy happens here, at the only door to the disk: every user-facing text is PI
 every Slack user id is replaced by a salted hash before a row is written. Event keys are hashed too, so a
 caller that builds a key from a user id cannot leak it.
 
-Durability and concurrency (DESIGN.md "SQLite facts"): WAL + synchronous=NORMAL lost no acknowledged commit
+Durability and concurrency (docs/design.md "SQLite facts"): WAL + synchronous=NORMAL lost no acknowledged commit
 in 200 `kill -9`s; every write runs in `BEGIN IMMEDIATE` (a deferred read-then-write transaction failed
 with "database is locked" 3,462 times in 4,000 under 4 writers) and waits up to `busy_timeout`.
 One connection per Store, shared by threads behind a lock; scale with processes.
@@ -175,6 +175,7 @@ class Store:
         thread_ts: str | None = None,
         message_ts: str | None = None,
         event_key: str | None = None,
+        guard_verdict: str | None = None,
     ) -> int:
         """Store one question and its answer; returns the exchange id (the existing one for a repeated event_key)."""
         clean_q, n_q = scrub_counted(question)
@@ -199,6 +200,7 @@ class Store:
             "tokens_prompt": int(tokens_prompt),
             "tokens_completion": int(tokens_completion),
             "pii_redactions": n_q + n_a,
+            "guard_verdict": guard_verdict,  # supported | trimmed | quoted | no-sources (None: no answer was generated)
         }
         cols = ", ".join(row)
         marks = ", ".join("?" for _ in row)

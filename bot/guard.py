@@ -1,0 +1,341 @@
+"""Grounding guard: keep only what the numbered passages support. Pure logic, no I/O, run on every answer.
+
+Each sentence of the answer (pieces of a very long comma/semicolon run separately) must have every number in
+some passage (after normalisation, see `numbers_in`) and most of its content words in the passage it cites, or
+in the best-matching one when it cites none. Supported sentences are kept and end up citing the passage that
+supports them; unsupported ones, repeated sentences and repetition loops are dropped. If nothing supported is
+left, the answer becomes a quote of the passage sentence that best matches the question and answer.
+
+Sentences with no content word and no number ("Yes.") are neutral: kept beside a supported sentence, never
+enough on their own. An abstention sentence ("the sources do not mention...") claims nothing: it is kept
+without a citation and counts as an answer, so an all-abstention answer keeps the model's own words with
+verdict "supported" and cited=(), and "I can't tell. <invented claim>" becomes the abstention, "trimmed".
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from bisect import bisect_left
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from bot.prompt import Passage
+
+VERDICTS = ("supported", "trimmed", "quoted", "no-sources")
+NO_SOURCES_TEXT = "My sources don't cover this, so I can't answer it from them."
+QUOTE_PREFIX = "The closest my sources come:"
+
+# Share of a sentence's content words (stemmed, stopwords out) that must be in its passage. The model mostly
+# copies from its passages: a faithful paraphrase changes one or two of five content words, while an invented
+# claim shares only its topic words (a third to a half). So 1-2 words must all match, 3 need 2, 5 need 3.
+SUPPORT = 0.6
+LONG_RUN = 30  # words: a longer sentence with 3+ comma/semicolon pieces is checked piece by piece
+MAX_PERIOD = 25  # longest phrase (in words) looked for in a repetition loop
+QUOTE_CHARS = 400
+
+_MARKS = r"\[(\d{1,2}(?:\s*,\s*\d{1,2})*)\]"
+_MARK = re.compile(r"\s*" + _MARKS)
+_BOUND = re.compile(r"[.!?…]+[\"”’')]*(?:\s*" + _MARKS + r")*(?P<ws>[ \t]+|$)|(?P<nl>\s*\n\s*)")
+_ABBREV = {"e.g", "i.e", "dr", "mr", "mrs", "ms", "vs", "etc", "inc", "no", "u.s", "st", "fig", "approx",
+           "co", "ltd", "corp", "jr", "sr", "sec", "art"}
+_END = re.compile(r"[.!?…]+[\"”’')]*$")
+_BULLET = re.compile(r"^(?:[-*•]|\d{1,2}[.)])\s+")
+_PIECE = re.compile(r"(?<=[,;])\s+")
+_WORD = re.compile(r"[^\W\d_]{2,}")
+_KEY = re.compile(r"[^\W_]+")
+_NUM = re.compile(r"(?=[$€£\d.])(?<![\w.,])(?:[$€£]\s?)?(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
+                  r"(?:st|nd|rd|th)?"
+                  r"(?:\s?(?:%|percent\b|per cent\b)|\s?(thousand|million|billion|trillion|bn|mn)\b"
+                  r"|([mbk])\b)?")
+_UNITS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve "
+                                     "thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split())}
+_TENS = {w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), 2)}
+_WORDNUM = re.compile(
+    rf"\b(?=[tfsen])(?P<w>(?:{'|'.join(_TENS)})(?:[\s-](?:{'|'.join(list(_UNITS)[1:10])}))?|{'|'.join(list(_UNITS)[2:])})\b"
+    r"(?:\s*\((?P<d>\d+)\))?(?:\s+(?P<s>thousand|million|billion)\b)?")
+_SCALE = {"thousand": 1e3, "k": 1e3, "million": 1e6, "mn": 1e6, "m": 1e6, "billion": 1e9, "bn": 1e9, "b": 1e9,
+          "trillion": 1e12}
+_STOP = frozenset("""a about above after again all also am an and any are as at be because been before being
+    between both but by can could did do does doing during each either few for from further had has have
+    having he her here hers him his how however i if in into is it its itself just may me might more most
+    must my no nor not of off on once only or other our ours out over own per same she should so some such
+    than that the their theirs them then there these they this those through to too under until up upon very
+    via was we were what when where whether which while who whom whose why will with within without would
+    yes you your according answer answers based question source sources passage passages provided states
+    stated say says percent thousand million billion trillion hundred""".split())
+_STOP |= frozenset(_UNITS) | frozenset(_TENS)
+_SUFFIXES = ("ations", "ation", "ments", "ment", "ings", "ing", "edly", "ed", "ies", "es", "s", "ly")
+
+_SRC = (r"\b(?:(?:my|the|these|those|your|provided|given|available|retrieved|above)\s+)*(?:sources?|passages?"
+        r"|documents?|context|texts?|excerpts?|information (?:provided|given|available)|references?)\b")
+_ABSTAIN = re.compile("|".join([
+    _SRC + r"[^.]{0,40}?\b(?:do(?:es)?n'?t|do(?:es)? not|did(?:n'?t| not)|cannot|can'?t|can not|fail to"
+    r"|never)\s+(?:\w+\s+)?(?:say|state|cover|mention|contain|include|provide|specify|address|discuss|answer|give|list"
+    r"|describe|explain|tell|indicate|have|offer)",
+    r"\bnot (?:\w+ )?(?:stated|mentioned|specified|covered|provided|given|found|included|addressed|discussed"
+    r"|answered|described|listed|available)\b[^.]{0,30}?\b(?:in|by|within|from) " + _SRC,
+    r"\bcannot be (?:determined|answered|found|known|confirmed) (?:from|in|with|based on) " + _SRC,
+    r"\b(?:not|isn'?t|aren'?t) (?:\w+ )?in " + _SRC,
+    _SRC + r"[^.]{0,30}\b(?:contains?|provides?|gives?|includes?|ha(?:s|ve)|offers?) no\b",
+    _SRC + r"[^.]{0,30}\b(?:is|are) (?:silent|unclear)\b",
+    r"\bno (?:\w+ )?(?:information|mention|details?|data|answer)\b[^.]{0,60}" + _SRC,
+    r"\bthere is no mention of\b",
+    r"\bi(?:'m| am| was)? (?:do not|don'?t|cannot|can'?t|can not|couldn'?t|could not|unable to|not able to)"
+    r" (?:\w+ )?(?:know|answer|find|say|tell|determine|locate|provide|confirm)\b",
+]))
+
+
+class Number(NamedTuple):
+    value: float  # absolute value with its scale word applied: "$3.8 million" -> 3800000.0
+    tol: float  # half a unit of the last digit written: "$3.8 million" -> 50000.0
+
+    def matches(self, other: float) -> bool:
+        """Equal within the rounding this number states, up to a factor of 1000^k (tables "in thousands")."""
+        m, t = _mant_tol(self)
+        return any(abs(m - v) <= t for v in _variants(other))
+
+
+@dataclass(frozen=True)
+class GuardResult:
+    text: str  # final text for the user (with [n] markers)
+    verdict: str  # one of VERDICTS
+    cited: tuple[int, ...]  # 1-based passage numbers the final text uses, in first-use order
+    dropped: tuple[str, ...]  # sentences (or fragments) removed
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "verdict": self.verdict, "cited": list(self.cited),
+                "dropped": list(self.dropped)}
+
+
+def _mant(v: float) -> tuple[float, int]:
+    v = abs(v)
+    k = math.floor(math.log10(v) / 3) if v else 0
+    return v / 1000.0**k, k
+
+
+def _mant_tol(n: Number) -> tuple[float, float]:
+    m, k = _mant(n.value)
+    return m, n.tol / 1000.0**k + 1e-9 * (m + 1)
+
+
+def _variants(v: float) -> tuple[float, float, float]:
+    m, _ = _mant(v)
+    return m, m * 1000, m / 1000  # neighbours, so 1.0 million still meets 999,800
+
+
+def numbers_in(text: str) -> list[Number]:
+    """Numbers in text order, normalised, each value once: "twelve (12) months" -> [12]; [n] ignored."""
+    text = _MARK.sub(" ", text).lower()
+    found: list[tuple[int, Number]] = []
+    spans = []
+    for m in _WORDNUM.finditer(text):
+        w, d, s = m.group("w", "d", "s")
+        value = float(d) if d else sum(_TENS.get(x, _UNITS.get(x, 0)) for x in re.split(r"[\s-]", w))
+        scale = _SCALE[s] if s else 1.0
+        found.append((m.start(), Number(value * scale, 0.5 * scale)))
+        spans.append(m.span())
+    for m in _NUM.finditer(text):
+        if spans and any(a <= m.start(1) < b for a, b in spans):
+            continue
+        digits, word, letter = m.group(1, 2, 3)
+        digits = digits.replace(",", "")
+        scale = _SCALE[word or letter] if word or letter else 1.0
+        decimals = len(digits.partition(".")[2])
+        value = float(digits) * scale
+        found.append((m.start(), Number(value, 0.5 * 10.0**-decimals * scale)))
+    out: dict[float, Number] = {}
+    for _, n in sorted(found) if spans else found:
+        out.setdefault(n.value, n)
+    return list(out.values())
+
+
+def normalize_number(text: str) -> float | None:
+    """The value of the first number written in text: "$3.8 million" -> 3800000.0, "twelve" -> 12.0."""
+    found = numbers_in(text)
+    return found[0].value if found else None
+
+
+def is_abstention(text: str) -> bool:
+    """Whether the answer starts by saying its sources don't answer (or "I don't know")."""
+    units = [_MARK.sub("", s) for s, _ in _sentences(text or "")]
+    head = " ".join(units[:2] if units and len(units[0].split()) < 4 else units[:1])
+    return bool(_ABSTAIN.search(_fold(head)))
+
+
+def _fold(text: str) -> str:
+    return " ".join(text.lower().replace("’", "'").split())
+
+
+@lru_cache(maxsize=65536)
+def _stem(w: str) -> str:
+    for suf in _SUFFIXES:
+        if w.endswith(suf) and len(w) - len(suf) >= 3 and not (suf == "s" and w.endswith("ss")):
+            w = w[: -len(suf)] + ("y" if suf == "ies" else "")
+            break
+    return w[:-1] if len(w) > 3 and w.endswith("e") else w
+
+
+def _stems(text: str) -> set[str]:
+    return {_stem(w) for w in _WORD.findall(text.lower()) if w not in _STOP}
+
+
+def _key(text: str) -> str:
+    return " ".join(_KEY.findall(text.lower()))
+
+
+class _Source:
+    __slots__ = ("stems", "nums")
+
+    def __init__(self, p: Passage) -> None:
+        self.stems = _stems(f"{p.title}\n{p.text}")
+        self.nums = sorted(v for n in numbers_in(f"{p.title}\n{p.text}") for v in _variants(n.value))
+
+    def has(self, n: Number) -> bool:
+        m, t = _mant_tol(n)
+        i = bisect_left(self.nums, m - t)
+        return i < len(self.nums) and self.nums[i] <= m + t
+
+
+def _sentences(text: str) -> list[tuple[str, str]]:
+    """(sentence, whitespace after it); splits after . ! ? (and any [n] there) and at line breaks."""
+    out, start = [], 0
+    for m in _BOUND.finditer(text):
+        end = m.start("ws") if m.group("nl") is None else m.start("nl")
+        piece = text[start:end]
+        last = piece.rstrip(".!?…\"”’')").rsplit(None, 1)[-1].lower() if piece.strip() else ""
+        if m.group("nl") is None and (last in _ABBREV or re.fullmatch(r"[a-z]", last)):
+            continue
+        nl = m.group("nl")
+        out.append((piece.strip(), m.group("ws") if nl is None else "\n" * min(2, nl.count("\n"))))
+        start = m.end()
+    if text[start:].strip():
+        out.append((text[start:].strip(), ""))
+    return [(s, sep) for s, sep in out if _KEY.search(_MARK.sub("", s))]
+
+
+def _collapse(words: list[str]) -> tuple[list[str], list[str]]:
+    """Keep one copy of a phrase repeated 3+ times back to back (twice is common in real text)."""
+    keys = [_key(w) for w in words]
+    kept: list[str] = []
+    removed: list[str] = []
+    i, n = 0, len(words)
+    while i < n:
+        for p in range(1, min(MAX_PERIOD, (n - i) // 2) + 1):
+            if not keys[i] or keys[i + p] != keys[i]:  # loops of bare punctuation (table pipes) are kept
+                continue
+            reps = 1
+            while i + (reps + 1) * p <= n and keys[i + reps * p: i + (reps + 1) * p] == keys[i: i + p]:
+                reps += 1
+            if reps >= 3:
+                kept += words[i: i + p]
+                removed.append(" ".join(words[i + p: i + reps * p]))
+                i += reps * p
+                break
+        else:
+            kept.append(words[i])
+            i += 1
+    return kept, removed
+
+
+def _support(text: str, cites: list[int], srcs: list[_Source]) -> tuple[bool | None, list[int]]:
+    """(True, passages) when supported, (False, []) when not, (None, []) when there is nothing to check."""
+    nums, words = numbers_in(text), _stems(text)
+    if not nums and not words:
+        return None, []
+    if not all(any(s.has(n) for s in srcs) for n in nums):
+        return False, []
+    order = cites + [i for i in range(1, len(srcs) + 1) if i not in cites]
+    if not words:  # only numbers: cite the first passage (cited ones first) that has them all
+        return True, [next((i for i in order if all(srcs[i - 1].has(n) for n in nums)), order[0])]
+    if cites and len(words & set().union(*(srcs[i - 1].stems for i in cites))) >= SUPPORT * len(words):
+        return True, cites
+    best = max(order, key=lambda i: (len(words & srcs[i - 1].stems), -order.index(i)))
+    return (True, [best]) if len(words & srcs[best - 1].stems) >= SUPPORT * len(words) else (False, [])
+
+
+def _check(raw: str, srcs: list[_Source]) -> tuple[str, str, list[int], list[str]]:
+    """One sentence -> (status ok|neutral|abstain|drop, text to show, its citations, fragments removed)."""
+    marks = [int(x) for m in _MARK.finditer(raw) for x in m.group(1).split(",")]
+    valid = list(dict.fromkeys(n for n in marks if 1 <= n <= len(srcs)))
+    body = _MARK.sub("", raw).strip()
+    if _ABSTAIN.search(_fold(body)):
+        return "abstain", body, [], []
+    if body.endswith(":"):  # a lead-in to a list ("Symptoms include:") claims nothing by itself
+        return "neutral", body, [], []
+    end = _END.search(body)
+    core = body[: end.start()] if end else body
+    bullet = _BULLET.match(core)
+    prefix, core = (bullet.group(0), core[bullet.end():]) if bullet else ("", core)
+    words, lost = _collapse(core.split())
+    pieces = _PIECE.split(" ".join(words)) if len(words) > LONG_RUN else []
+    pieces = pieces if len(pieces) >= 3 else [" ".join(words)]
+    keys = [_key(piece) for piece in pieces]
+    kept, cites, supported = [], [], False
+    for j, piece in enumerate(pieces):
+        if keys.count(keys[j]) >= 3 and keys.index(keys[j]) < j:  # a clause repeated 3+ times: keep the first
+            lost.append(piece)
+            continue
+        ok, by = _support(piece, valid, srcs)
+        if ok is False:
+            lost.append(piece)
+            continue
+        # in a long run, a piece of one or two content words ("provided, however") is too generic to carry it
+        supported |= bool(ok) and (len(pieces) == 1 or len(_stems(piece)) >= 3)
+        kept.append(piece)
+        cites += [i for i in by if i not in cites]
+    if not supported:
+        return ("neutral" if not lost else "drop"), body, [], []
+    if not lost and cites == valid and len(valid) == len(marks):
+        return "ok", raw, cites, []
+    text = prefix + " ".join(kept).rstrip(",;: ")
+    return "ok", f"{text} {''.join(f'[{i}]' for i in cites)}{end.group(0) if end else ''}", cites, lost
+
+
+def _quote(passages: Sequence[Passage], target: set[str]) -> tuple[str, int]:
+    best = (-1.0, "", 1)
+    for n, p in enumerate(passages, 1):
+        lines = [s for s, _ in _sentences(p.text)]
+        for j, sent in enumerate(lines):
+            stems = _stems(sent)
+            score = len(stems & target) / math.sqrt(len(stems) + 1) - ("|" in sent) - 1e-3 * n
+            if score > best[0]:
+                more = lines[j + 1] if len(sent.split()) < 15 and j + 1 < len(lines) else ""
+                best = (score, f"{sent} {more}".strip(), n)
+    text = best[1] if len(best[1]) <= QUOTE_CHARS else best[1][:QUOTE_CHARS].rsplit(" ", 1)[0] + " …"
+    return text, best[2]
+
+
+def guard(answer: str, passages: Sequence[Passage], *, question: str = "",
+          relevant: bool = True) -> GuardResult:
+    """Check an answer against the passages it was generated from (numbered [1].. in this order)."""
+    units = _sentences(answer or "")
+    if not passages or not relevant:
+        return GuardResult(NO_SOURCES_TEXT, "no-sources", (), tuple(s for s, _ in units))
+    srcs = [_Source(p) for p in passages]
+    seen: set[str] = set()
+    last = ""
+    out: list[tuple[str, str, str]] = []
+    dropped: list[str] = []
+    for raw, sep in units:
+        key = _key(_MARK.sub("", raw))
+        if key in seen and (" " in key or key == last):  # a repeated one-word line only when back to back
+            dropped.append(raw)
+            continue
+        seen.add(key)
+        last = key
+        status, text, _, lost = _check(raw, srcs)
+        dropped += lost
+        if status == "drop":
+            dropped.append(raw)
+        else:
+            out.append((status, text, sep))
+    if not any(status != "neutral" for status, _, _ in out):
+        text, n = _quote(passages, _stems(f"{question} {answer}"))
+        return GuardResult(f"{QUOTE_PREFIX} “{text}” [{n}]", "quoted", (n,), tuple(s for s, _ in units))
+    text = "".join(t + sep for _, t, sep in out).strip()
+    cited = dict.fromkeys(int(x) for m in _MARK.finditer(text) for x in m.group(1).split(","))
+    return GuardResult(text, "trimmed" if dropped else "supported", tuple(cited), tuple(dropped))
