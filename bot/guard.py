@@ -200,13 +200,58 @@ class _Source:
         return i < len(self.nums) and self.nums[i] <= m + t
 
 
+_ARITH = re.compile(r"[\d$€£,.%()\s+\-−*/×÷]{5,}")
+_OPS = re.compile(r"\d\s*\)?\s*[-+*/]\s*\(?\s*\d")
+
+
+def _computed(text: str) -> list[float]:
+    """Values of the arithmetic a sentence shows ("486 thousand [1] ($1,616 - $1,130)"): a computed answer is
+    supported when its operands are in the sources (they are checked like any number) and the sum is right."""
+    out = []
+    for m in _ARITH.finditer(_MARK.sub(" ", text)):
+        run = re.sub(r"[$€£,%]", "", m.group(0)).translate(str.maketrans("−×÷", "-*/")).strip(" .")
+        # "43.01 ((1616 - 1130) / 1130)": the answer and its derivation share one run; try each "(" onward too
+        for expr in [run, *(run[i:] for i, c in enumerate(run) if c == "(" and i)]:
+            while expr.count("(") > expr.count(")") and expr.startswith("("):
+                expr = expr[1:].strip()
+            while expr.count(")") > expr.count("(") and expr.endswith(")"):
+                expr = expr[:-1].strip()
+            value = _arith(expr) if _OPS.search(expr) else None
+            if value is not None:
+                out += [value, value * 100]  # a ratio shown as a percentage
+    return out
+
+
+def _arith(expr: str) -> float | None:
+    import ast
+
+    def ev(node: ast.AST) -> float:
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+            return float(node.value)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+            return -ev(node.operand) if isinstance(node.op, ast.USub) else ev(node.operand)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Sub | ast.Mult | ast.Div):
+            a, b = ev(node.left), ev(node.right)
+            return {ast.Add: a + b, ast.Sub: a - b, ast.Mult: a * b}.get(type(node.op)) if not isinstance(
+                node.op, ast.Div) else a / b
+        raise ValueError("not arithmetic")
+
+    try:
+        return ev(ast.parse(expr, mode="eval"))
+    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):
+        return None
+
+
 def _sentences(text: str) -> list[tuple[str, str]]:
     """(sentence, whitespace after it); splits after . ! ? (and any [n] there) and at line breaks."""
     out, start = [], 0
     for m in _BOUND.finditer(text):
         end = m.start("ws") if m.group("nl") is None else m.start("nl")
         piece = text[start:end]
-        last = piece.rstrip(".!?…\"”’')").rsplit(None, 1)[-1].lower() if piece.strip() else ""
+        words = piece.rstrip(".!?…\"”’')").rsplit(None, 1)  # empty for a bare ". ."
+        last = words[-1].lower() if words else ""
         if m.group("nl") is None and (last in _ABBREV or re.fullmatch(r"[a-z]", last)):
             continue
         nl = m.group("nl")
@@ -246,7 +291,8 @@ def _support(text: str, cites: list[int], srcs: list[_Source]) -> tuple[bool | N
     nums, words = numbers_in(text), _stems(text)
     if not nums and not words:
         return None, []
-    if not all(any(s.has(n) for s in srcs) for n in nums):
+    computed = _computed(text) if nums else []
+    if not all(any(s.has(n) for s in srcs) or any(n.matches(v) for v in computed) for n in nums):
         return False, []
     order = cites + [i for i in range(1, len(srcs) + 1) if i not in cites]
     if not words:  # only numbers: cite the first passage (cited ones first) that has them all
@@ -264,7 +310,9 @@ def _check(raw: str, srcs: list[_Source]) -> tuple[str, str, list[int], list[str
     body = _MARK.sub("", raw).strip()
     if _ABSTAIN.search(_fold(body)):
         return "abstain", body, [], []
-    if body.endswith(":"):  # a lead-in to a list ("Symptoms include:") claims nothing by itself
+    if body.endswith(":"):  # a lead-in to a list ("Symptoms include:") claims nothing, unless it counts
+        if not all(any(s.has(n) for s in srcs) for n in numbers_in(body)):  # "The top 5 products are:"
+            return "drop", body, [], []
         return "neutral", body, [], []
     end = _END.search(body)
     core = body[: end.start()] if end else body
@@ -296,7 +344,7 @@ def _check(raw: str, srcs: list[_Source]) -> tuple[str, str, list[int], list[str
 
 
 def _quote(passages: Sequence[Passage], target: set[str]) -> tuple[str, int]:
-    best = (-1.0, "", 1)
+    best = (-math.inf, "", 1)  # a table-only passage still yields its best line
     for n, p in enumerate(passages, 1):
         lines = [s for s, _ in _sentences(p.text)]
         for j, sent in enumerate(lines):

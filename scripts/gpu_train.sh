@@ -25,8 +25,11 @@ cd "$(dirname "$0")/.."
 #   finance 3.8 M (~5 min), legal 2.7 M (~3.5 min), medical 2.0 M (~2.5 min), + ~1 min loading each.
 RECIPES=(
   "finance_rag|finance|--warm-start domains/finance/adapters/v2 --extra-file train_tfns_full.jsonl --extra-file train_rag.jsonl --cap tfns_sentiment=3000 --balance tfns_sentiment --cap tatqa_hybrid_qa=600 --cap finance_rag_arith=500 --epochs 2 --lr 3e-4 --batch-size 64"
-  "legal_rag|legal|--warm-start domains/legal/adapters/v2 --extra-file train_rag.jsonl --cap cuad_yes_no=1600 --cap cuad_clause_type=300 --cap legal_rag=1200 --cap legal_rag_missing=250 --epochs 2 --lr 3e-4 --batch-size 32"
-  "medical_rag|medical|--warm-start domains/medical/adapters/v1 --extra-file train_rag.jsonl --cap medquad_qa=400 --cap pubmedqa_reasoning=500 --epochs 2 --lr 3e-4 --batch-size 32"
+  "legal_rag|legal|--warm-start domains/legal/adapters/v2 --extra-file train_rag.jsonl --cap cuad_yes_no=1600 --cap cuad_clause_type=300 --cap legal_rag=750 --cap legal_rag_missing=150 --epochs 2 --lr 3e-4 --batch-size 32"
+  "finance_rag3|finance|--warm-start domains/finance/adapters/v2 --extra-file train_tfns_full.jsonl --extra-file train_rag.jsonl --cap tfns_sentiment=2400 --balance tfns_sentiment --cap tatqa_hybrid_qa=300 --cap finance_rag_arith=800 --epochs 3 --lr 3e-4 --batch-size 64"
+  "legal_rag3|legal|--warm-start domains/legal/adapters/v2 --extra-file train_rag.jsonl --cap cuad_yes_no=1600 --cap cuad_clause_type=300 --cap legal_rag=1200 --cap legal_rag_missing=250 --epochs 3 --lr 3e-4 --batch-size 32"
+  "medical_rag4|medical|--extra-file train_rag.jsonl --cap medquad_qa=200 --cap pubmedqa_reasoning=500 --epochs 4 --lr 5e-4 --batch-size 32"
+  "medical_rag|medical|--extra-file train_rag.jsonl --cap medquad_qa=400 --cap pubmedqa_reasoning=500 --epochs 3 --lr 5e-4 --batch-size 32"
 )
 
 BASE_NAME=SmolLM2-135M-Instruct.Q4_1.gguf

@@ -16,7 +16,9 @@ def test_domain_question_gets_cited_answer(answerer):
     streamed = []
     ans = answerer.answer("What are the early symptoms of type 2 diabetes?", on_token=streamed.append)
     assert ans.kind == "answer" and ans.domain == "medical" and ans.route.method == "router"
-    assert ans.citations and ans.citations[0].n == 1 and ans.citations[0].title
+    assert ans.citations and sorted(c.n for c in ans.citations) == list(range(1, len(ans.citations) + 1))
+    flags = [c.cited for c in ans.citations]
+    assert flags == sorted(flags, reverse=True) and all(c.title for c in ans.citations)  # used sources first
     assert all(c.chunk_id.startswith(c.doc_id) for c in ans.citations)
     assert ans.disclaimer and ans.text and "".join(streamed).strip() == ans.draft  # the model's draft streams
     assert ans.guard["verdict"] in ("supported", "trimmed", "quoted")  # passages were retrieved

@@ -93,14 +93,17 @@ def test_index_unknown_domain(env, capsys):
     assert "unknown domain" in capsys.readouterr().err
 
 
-def test_chat_streams_and_keeps_thread_domain(env):
-    script = "How is asthma treated?\nand what causes it?\n/domain legal\n/quit\n"
+def test_chat_keeps_the_thread_domain_and_switches_when_another_is_clearly_meant(env):
+    script = ("How is asthma treated?\nand how long is it?\n"
+              "How much notice is needed to terminate the distribution agreement?\n/domain legal\n/quit\n")
     proc = subprocess.run([sys.executable, "-m", "bot", "chat"], input=script, capture_output=True, text=True,
                           cwd=ROOT, env={**os.environ, "DOMAINBOT_MAX_TOKENS": "8"}, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "local chat" in proc.stdout and proc.stdout.count("— medical") == 2
+    assert "thread" in proc.stdout.split("— medical")[2][:60]  # the vague follow-up stayed in medical
+    assert "— legal" in proc.stdout and "switched" in proc.stdout.split("— legal")[1][:60]
+    assert "rather than the thread's earlier topic" in proc.stdout  # and the user is told
     assert "(pinned to legal)" in proc.stdout
-    assert "thread" in proc.stdout.split("— medical")[2][:60]
 
 
 def test_console_script_help():

@@ -242,3 +242,29 @@ def test_result_is_frozen():
     assert isinstance(r, GuardResult)
     with pytest.raises(AttributeError):
         r.verdict = "x"  # type: ignore[misc]
+
+
+def test_a_computed_answer_is_supported_when_its_derivation_adds_up_from_the_sources():
+    table = [Passage("t#0", "Impairment and other", "Accelerated depreciation | $1,616 | $1,130 | 2019 | 2018")]
+    right = guard("486 thousand [1] ($1,616 - $1,130).", table)
+    assert right.verdict == "supported" and right.text == "486 thousand [1] ($1,616 - $1,130)."
+    wrong = guard("500 thousand [1] ($1,616 - $1,130).", table)  # the sum is wrong
+    assert wrong.verdict == "quoted" and "500" not in wrong.text
+    ratio = guard("43.01% [1] (($1,616 - $1,130) / $1,130).", table)  # a ratio shown as a percentage
+    assert ratio.verdict == "supported"
+    invented = guard("486 thousand [1] ($1,616 - $1,130 + $0).", [Passage("u#0", "Other", "Revenue | $1,616 | 2019")])
+    assert invented.verdict != "supported"  # an operand that is not in the sources
+
+
+def test_stray_full_stops_do_not_break_sentence_splitting():
+    result = guard("Total. . Next", [Passage("p#0", "Totals", "Total. Next steps follow.")])
+    assert result.verdict in VERDICTS
+
+
+def test_a_lead_in_with_an_invented_count_is_dropped():
+    passages = [Passage("p#0", "Products", "Our products win customers with leading innovation.")]
+    result = guard("The top 5 products are:\nOur products win customers with leading innovation [1].", passages)
+    assert "5" not in result.text and result.verdict == "trimmed"
+    assert result.text == "Our products win customers with leading innovation [1]."
+    kept = guard("The 2 products are:\nOur products win customers [1].", [Passage("q#0", "Two", "Our 2 products win customers.")])
+    assert kept.text.startswith("The 2 products are:")  # a count the source gives stays

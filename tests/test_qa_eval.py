@@ -210,8 +210,10 @@ class FakeAnswerer:
         self.retriever = None
         self.domain = domain
 
-    def answer(self, question, *, domain, adapter, passages, max_tokens):
+    def answer(self, q, *, on_token=None):
         from training.dataset import read_jsonl
+
+        question, passages = q.text, q.passages
 
         rows = [r for r in read_jsonl(self.domain.path / "qa.jsonl", required=()) if r["split"] == "dev"]
         row = rows[len(self.calls)]

@@ -131,3 +131,30 @@ def test_eval_metrics_from_adapter_meta(tmp_path: Path) -> None:
     }
     out = report.write_report(Store(":memory:"), tmp_path / "r", "finance", domains=[finance])
     assert out.pngs[2].stat().st_size > 1000
+
+
+def test_guard_verdicts_per_version_and_forced_promotions_reach_the_report(tmp_path: Path) -> None:
+    import json
+
+    from bot.domains import discover
+
+    store = Store(":memory:", clock=Clock())
+    for adapter, verdict in [("v1", "supported"), ("v1", "quoted"), ("v1", "quoted"), ("v2", "trimmed"), ("v2", None)]:
+        store.log_exchange(source="cli", question="q", answer="a", domain="legal", kind="answer", router_scores={},
+                           chosen_by="router", citations=[], adapter=adapter, latency_ms=1.0, guard_verdict=verdict)
+    rates = report.guard_rates(store.exchanges())
+    assert rates == {"legal/v1": {"supported": 1, "quoted": 2}, "legal/v2": {"trimmed": 1}}  # no verdict: not counted
+
+    domains = tmp_path / "domains"
+    (domains / "legal" / "adapters" / "v2").mkdir(parents=True)
+    (domains / "legal" / "domain.toml").write_text(
+        'name = "legal"\ndescription = "Contracts"\nexamples = ["Who signs?", "What law governs?", "Can it renew?"]\n'
+        'system_prompt = "Answer from the sources."\n')
+    (domains / "legal" / "adapters" / "v2" / "adapter.gguf").write_bytes(b"GGUF")
+    (domains / "legal" / "adapters" / "v2" / "meta.json").write_text(
+        json.dumps({"forced": {"reason": "qa +12 points; <b>3 quotes</b>", "at": "2026-11-26"}}))
+    found = discover(domains).domains.values()
+    out = report.write_report(store, tmp_path / "report", "legal", domains=found)
+    page = out.html_path.read_text()
+    assert "Grounding guard per version" in page and "2 (67%)" in page  # v1's quoted share
+    assert "legal/v2" in page and "qa +12 points; &lt;b&gt;3 quotes&lt;/b&gt;" in page  # the reason, escaped

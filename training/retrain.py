@@ -208,7 +208,8 @@ def judge(domain: Domain, candidate: str, current: str, cfg: RetrainConfig, sett
 
     margin = settings.gate_margin if cfg.margin is None else cfg.margin
     kwargs = {"limit": cfg.eval_limit, "tasks": list(cfg.eval_tasks) or None, "settings": settings,
-              "answerer": answerer, "with_retrieval": False}  # fmt: skip
+              "answerer": answerer, "with_retrieval": False, "split": "dev"}  # fmt: skip
+    # Gate on the dev split: the test split is only reported, never used to choose.
     cand = evaluate(domain, candidate, **kwargs)
     cur = evaluate(domain, current, **kwargs)
     ok, reason = gate(cand, cur, margin)
