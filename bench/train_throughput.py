@@ -33,11 +33,10 @@ def train_speed(bf16: bool, steps: int, batch: int) -> tuple[float, float]:
     """(tokens/s, seconds) of `steps` LoRA steps on TFNS rows with answer-only loss, as `domainbot train` runs them."""
     import torch
 
+    from training.batches import answer_loss, collate
     from training.dataset import load_examples
     from training.finetune import (
         TrainConfig,
-        answer_loss,
-        collate,
         encode,
         load_base,
         lora_model,

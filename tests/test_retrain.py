@@ -156,7 +156,7 @@ def test_unknown_domain_is_a_clear_error(env) -> None:
 
 
 def test_a_failing_retrain_is_recorded_and_the_live_adapter_untouched(env, tmp_path: Path) -> None:
-    from training.finetune import TrainingError
+    from training.errors import TrainingError
 
     settings, store = env
     settings = settings.with_(model_path=tmp_path / "missing.gguf")

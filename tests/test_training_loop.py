@@ -12,8 +12,10 @@ import pytest
 from bot.config import ROOT, Settings
 from bot.testing.net import free_port
 from training import finetune
+from training.batches import batch_order
 from training.dataset import load_examples
-from training.finetune import TrainConfig, TrainingError, batch_order, lr_at, train
+from training.errors import TrainingError
+from training.finetune import TrainConfig, lr_at, train
 
 
 @pytest.fixture(scope="session")

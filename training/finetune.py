@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import ROOT, Settings, load_settings
-from bot.errors import UserFacingError
+from training.batches import answer_loss, batch_order, collate
+from training.checkpoints import load_checkpoint, save_checkpoint
 from training.dataset import Example, data_hash, load_examples, resolve_domain
 from training.distributed import Workers, launched
+from training.errors import TrainingError
 
 # ---- defaults (override with TrainConfig(...) or `domainbot train` flags) -------------------------------
 RANK = 8  # 7 projections x 30 layers at r=8 is 2.44M params = 4.9 MB in f16 (r=16 would be 9.8 MB)
@@ -39,10 +41,6 @@ MAX_ANSWER_TOKENS = 192  # long answers (MedQuAD) are cut: the start carries the
 GRAD_CLIP = 1.0
 CHECKPOINT_EVERY = 25  # steps
 RUNS_DIR = ROOT / "runs"  # checkpoints (git-ignored; DOMAINBOT_RUNS_DIR overrides), one folder per run
-
-
-class TrainingError(UserFacingError):
-    """Training cannot go on; the message says why and what to do."""
 
 
 @dataclass
@@ -208,86 +206,6 @@ def end_of_turn_id(tokenizer) -> int:
     which made encoding 10k rows take minutes."""
     tid = tokenizer.convert_tokens_to_ids("<|im_end|>")
     return tokenizer.eos_token_id if tid is None or tid == tokenizer.unk_token_id else tid
-
-
-def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Seeded batches of similar length (less padding), in shuffled order; the same for the same seed."""
-    rng = random.Random(seed * 1000 + epoch)
-    idx = list(range(len(lengths)))
-    rng.shuffle(idx)
-    pool = batch_size * 16
-    batches = []
-    for start in range(0, len(idx), pool):
-        chunk = sorted(idx[start : start + pool], key=lambda i: lengths[i])
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
-def collate(items: Sequence[tuple[list[int], int]], pad_id: int):
-    import torch
-
-    width = max(len(ids) for ids, _ in items)
-    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(items), width), dtype=torch.long)
-    labels = torch.full((len(items), width), -100, dtype=torch.long)
-    for row, (ids, n_prompt) in enumerate(items):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention[row, : len(ids)] = 1
-        labels[row, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
-    return input_ids, attention, labels
-
-
-def answer_loss(model, input_ids, attention, labels):
-    """Summed cross-entropy over answer tokens, computing the vocabulary projection only there."""
-    import torch.nn.functional as F
-
-    causal_lm = model.get_base_model()
-    hidden = causal_lm.model(input_ids=input_ids, attention_mask=attention).last_hidden_state
-    targets = labels[:, 1:]
-    keep = targets != -100
-    logits = causal_lm.lm_head(hidden[:, :-1][keep])
-    return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), int(keep.sum())
-
-
-# ---- checkpoints ----------------------------------------------------------------------------------------
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically: a full disk or a kill mid-write leaves the previous checkpoint intact."""
-    import torch
-
-    tmp = path.with_suffix(".tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        previous = f"the checkpoint at step {_saved_step(path)} is intact" if path.exists() else "no checkpoint yet"
-        raise TrainingError(
-            f"could not write checkpoint {path}: {exc.strerror or exc} (disk full?). Training stopped; "
-            f"{previous}. Free some space and run the same command again to resume."
-        ) from exc
-
-
-def _saved_step(path: Path) -> int:
-    import torch
-
-    try:
-        return int(torch.load(path, weights_only=False)["step"])
-    except Exception:  # an unreadable checkpoint is simply not resumable
-        return 0
-
-
-def load_checkpoint(path: Path, key: str) -> dict | None:
-    import torch
-
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, weights_only=False)
-    except Exception as exc:  # corrupt file: say so, start over
-        print(f"warning: ignoring unreadable checkpoint {path}: {exc}")
-        return None
-    return state if state.get("key") == key else None
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:

@@ -11,9 +11,9 @@ from pathlib import Path
 from bot.config import Settings
 from bot.domains import Domain
 from training.dataset import data_hash
+from training.errors import TrainingError
 from training.finetune import (
     TrainConfig,
-    TrainingError,
     TrainResult,
     config_examples,
     file_hash,
