@@ -11,13 +11,12 @@ from training import metrics
 from training.evaluate import (
     EvalResult,
     chart,
-    contract_name,
     gate,
-    named_question,
     save_results,
     score_task,
     table,
 )
+from training.qa_eval import contract_name, named_question
 
 LABELS = ["Bearish", "Bullish", "Neutral"]
 

@@ -26,7 +26,7 @@ from bot.errors import UserFacingError
 from bot.prompt import Passage
 from training import metrics, qa_eval
 from training.dataset import load_corpus, read_jsonl, resolve_domain
-from training.qa_eval import contract_name, named_question  # noqa: F401 - re-exported (tests, bench)
+from training.qa_eval import named_question
 
 REPORTS_DIR = ROOT / "reports"
 MAX_TOKENS = {"classification": 8, "extraction": 32, "qa": 64, qa_eval.KIND: 64}

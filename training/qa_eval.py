@@ -19,18 +19,12 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from bot import guard
 from training.metrics import MULTIPLIER, Number, numbers_in
 
 KIND = "open_qa"
 SUPPORTED_VERDICTS = ("supported", "trimmed")
 ABSTAIN_VERDICTS = ("no-sources", "quoted")
-_ABSTAIN = re.compile(
-    r"\b(i (do not|don't|cannot|can't) (know|find|tell|say|determine|answer)|i am not sure|i'm not sure"
-    r"|(is|are) not (found|mentioned|stated|provided|specified|given|included|available|listed)"
-    r"|(do|does|did) not (say|mention|specify|state|contain|include|provide|settle|give|answer)"
-    r"|(don't|doesn't) (say|mention|specify|state|contain|include|provide|settle|give|answer)"
-    r"|no (information|mention|details?) (about|on|of|regarding)|not enough information|unable to (find|determine|answer)"
-    r"|cannot be determined|can't be determined|not clear from the (sources|passages|text))\b", re.IGNORECASE)
 _DECREASE = re.compile(r"\b(decreas|declin|drop|fell|fall|lower|reduc|less than|down by|shrank)", re.IGNORECASE)
 _ARTICLES = {"a", "an", "the"}
 
@@ -132,41 +126,15 @@ def retrieved(shown: Iterable[str], gold: str) -> bool:
     return any(doc_of(s) == gold for s in shown)
 
 
-def _guard() -> Any:
-    try:
-        from bot import guard  # the answer guard, where it exists: one definition of numbers and abstentions
-    except ImportError:
-        return None
-    return guard
-
-
 def unsupported_numbers(text: str, passages: Sequence[str]) -> list[str]:
-    """Numbers of the answer that no shown passage holds (a figure the model made up or computed)."""
-    guard = _guard()
-    if guard is not None and hasattr(guard, "numbers_in"):  # the guard's own rule, so "supported" means one thing
-        found = [n.value for p in passages for n in guard.numbers_in(p)]
-        return [f"{n.value:g}" for n in guard.numbers_in(text) if not any(n.matches(v) for v in found)]
-    have = [n for p in passages for n in numbers_in(p)]
-    return [n.digits + (f" {n.unit}" if n.unit else "") for n in numbers_in(text) if not _shown(n, have)]
-
-
-def _shown(n: Number, have: Sequence[Number]) -> bool:
-    """A passage number written with the answer's precision: "$3.8 million" is shown by 3,778 in a table in
-    thousands, "12.5%" by 12.5 in a column headed "%"."""
-    for p in have:
-        units = [p.unit] if p.unit else ["", "thousand", "million"]
-        if n.unit == "%" and p.unit in ("", "%"):
-            units = ["%"]
-        if any(number_matches(Number(p.value, p.decimals, u, p.digits), n, table_unit=u) for u in units):
-            return True
-    return False
+    """Numbers of the answer that no shown passage holds (a figure the model made up or computed), by the
+    guard's own rule, so that "supported" means one thing in serving and in the eval."""
+    found = [n.value for p in passages for n in guard.numbers_in(p)]
+    return [f"{n.value:g}" for n in guard.numbers_in(text) if not any(n.matches(v) for v in found)]
 
 
 def is_abstention(text: str) -> bool:
-    guard = _guard()
-    if guard is not None and hasattr(guard, "is_abstention"):
-        return bool(guard.is_abstention(text))
-    return bool(_ABSTAIN.search(text or ""))
+    return guard.is_abstention(text)
 
 
 def guard_verdict(answer: Any) -> str | None:

@@ -243,7 +243,7 @@ _EXTRACT_QUESTION = re.compile(r"^[^?]*\?")
 def _cuad_items(rows: Iterable[dict], corpus: dict[str, Passage]) -> Iterator[Item]:
     """CUAD extraction rows with a clause passage, asked naming the contract (as a user would), answered with
     the normalised answer only where the clause writes it ("30 days"), else skipped."""
-    from training.evaluate import contract_name
+    from training.qa_eval import contract_name
 
     for r in rows:
         if r["task"] != "cuad_extract" or r.get("context_id") not in corpus:
