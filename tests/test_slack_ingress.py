@@ -44,9 +44,14 @@ def test_the_window_is_five_minutes_either_way():
             verify(SIGNING_SECRET, signed_headers(SIGNING_SECRET, BODY, timestamp=NOW + skew), BODY, now=NOW)
 
 
-@pytest.mark.parametrize("ts", ["abc", "12a", "", "-5", "1.5", " 1700000000", "1e9", "١٧٠٠٠٠٠٠٠٠", "9" * 40])
-def test_a_malformed_timestamp_is_rejected(ts):
-    with pytest.raises(SignatureError):
+@pytest.mark.parametrize(
+    "ts, reason",
+    [(ts, "timestamp is not a number")
+     for ts in ("abc", "12a", "-5", "1.5", " 1700000000", "1e9", "١٧٠٠٠٠٠٠٠٠", "9" * 40)]
+    + [("", "missing X-Slack-Request-Timestamp or X-Slack-Signature")],
+)
+def test_a_malformed_timestamp_is_rejected(ts, reason):
+    with pytest.raises(SignatureError, match=f"^{reason}$"):
         verify(SIGNING_SECRET, headers(ts, signature(SIGNING_SECRET, ts, BODY)), BODY, now=NOW)
 
 
@@ -139,18 +144,28 @@ def test_bad_framing_gets_clear_errors(served):
 
 
 def test_no_request_body_reaches_the_logs(served, caplog):
-    """Bolt logs whole bodies (on bad signatures, unhandled events); nothing of a body may reach a log."""
+    """bolt writes whole request bodies into some warnings; the filter from quiet_slack_logging must cut
+    them, and our own lines (forged, malformed, handled requests) never hold one."""
     server, seen = served
+
+    @server.app.middleware
+    def forgets_next(body: dict, next_) -> None:  # this bug makes the real bolt log the whole body
+        if (body.get("event") or {}).get("type") == "pin_added":
+            return
+        next_()
+
     caplog.set_level(logging.DEBUG)
     marker = "SECRET-PATIENT-NAME-4711"
     forged = json.dumps(app_mention(f"<@UBOT> {marker}")).encode()
     assert post(server.url, forged, {"Content-Type": "application/json", **headers(str(int(time.time())), "v0=" + "0" * 64)})[0] == 401
+    assert post_event(server.url, {**app_mention(f"<@UBOT> {marker}"), "event": marker})[0] == 400
     assert post_event(server.url, app_mention(f"<@UBOT> {marker}"))[0] == 200
-    unhandled = event_callback({"type": "pin_added", "user": "U1", "channel_id": "C1", "item": {"text": marker}})
-    assert post_event(server.url, unhandled)[0] == 404  # bolt's answer for an event nobody listens to
+    dropped = event_callback({"type": "pin_added", "user": "U1", "channel_id": "C1", "item": {"text": marker}})
+    assert post_event(server.url, dropped)[0] == 404  # bolt's answer when a middleware neither answers nor calls next
     assert _wait(lambda: len(seen) == 1)
-    assert "rejected Slack request" in caplog.text  # we do log that something was refused, and why
-    assert marker not in caplog.text
+    assert "rejected Slack request" in caplog.text and "refused malformed Slack request" in caplog.text
+    assert "skipped calling either `next()`" in caplog.text  # bolt did log its body-bearing warning...
+    assert marker not in caplog.text  # ...and none of the bodies got through
 
 
 def test_bolt_style_payload_messages_are_redacted(caplog):

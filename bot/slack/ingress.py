@@ -3,12 +3,17 @@
 We verify requests ourselves instead of with bolt's middleware because bolt answers 500 (not 401)
 for a non-numeric timestamp and logs the whole body of a rejected request (docs/design.md "Slack facts").
 Request bodies are never logged here, and `quiet_slack_logging` keeps bolt and slack_sdk from doing it.
+
+After the signature, `bot.slack.payload.triage` checks the body's shape: malformed bodies get 400 with a
+short reason, `app_rate_limited` and payloads no listener handles get 200 with an empty body (the module
+docstring there lists each decision). Only an exception out of bolt's dispatch, a bug of ours, is a 500.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import re
 import threading
@@ -18,9 +23,10 @@ from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-from slack_bolt import App, BoltRequest
+from slack_bolt import App, BoltRequest, BoltResponse
 
 from bot.errors import new_error_id
+from bot.slack.payload import Malformed, Route, for_bolt, triage
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +35,7 @@ WINDOW_S = 300  # Slack's replay window: 5 minutes
 MAX_BODY_BYTES = 1 << 20  # Slack payloads are far smaller; refuse to buffer more
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _SIGNATURE = re.compile(r"v0=[0-9a-f]{64}")
+_UNHANDLED = BoltResponse(status=404, body={"error": "unhandled request"}).body  # bolt: no listener matched
 
 
 class SignatureError(ValueError):
@@ -118,9 +125,12 @@ class SlackHTTPServer(ThreadingHTTPServer):
         self.app = app
         self.signing_secret = signing_secret
         self.path = path
-        self.stats: Counter[str] = Counter()  # accepted / rejected / dispatched: for tests and ops
+        # accepted / rejected / malformed / dispatched / unhandled / app_rate_limited: for tests and ops
+        self.stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
         self.warn_rejected = _ThrottledWarning()
+        self.warn_malformed = _ThrottledWarning()
+        self.warn_rate_limited = _ThrottledWarning()
         super().__init__(address, _SlackHandler)
 
     @property
@@ -183,19 +193,46 @@ class _SlackHandler(BaseHTTPRequestHandler):
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
-            self._reply(400, b'{"error":"body is not UTF-8"}')
+            self._refuse("body is not UTF-8")
+            return
+        content_type = self.headers.get("Content-Type")
+        try:
+            route = triage(text, content_type)
+        except Malformed as err:
+            self._refuse(str(err))
+            return
+        if route is Route.RATE_LIMITED:
+            self.server.count("app_rate_limited")
+            self.server.warn_rate_limited("Slack sent app_rate_limited: it is dropping this app's events "
+                                          "(over 30,000 an hour from one workspace)")
+            self._reply(200, b"", "text/plain")
             return
         headers = {k.lower(): [v] for k, v in self.headers.items()}
         try:
-            resp = self.server.app.dispatch(BoltRequest(body=text, query=query, headers=headers))
+            request = BoltRequest(body=for_bolt(text, content_type), query=query, headers=headers)
+        except Exception as err:  # bolt's parsing choked on a shape triage let through: still the sender's fault
+            self._refuse(f"bolt cannot read this payload ({type(err).__name__})")
+            return
+        try:
+            resp = self.server.app.dispatch(request)
         except Exception:  # a bug in a listener: never show it to Slack, keep it findable in the logs
             error_id = new_error_id()
             log.exception("dispatch failed [error %s]", error_id)
             self._reply(500, f'{{"error":"internal error {error_id}"}}'.encode())
             return
         self.server.count("dispatched")
+        if resp.status == 404 and resp.body == _UNHANDLED:  # legal but not ours: a non-2xx would be retried
+            self.server.count("unhandled")
+            self._reply(200, b"", "text/plain")
+            return
         content_type = (resp.headers.get("content-type") or ["application/json"])[0]
         self._reply(resp.status, (resp.body or "").encode(), content_type)
+
+    def _refuse(self, reason: str) -> None:
+        """400 for a signed body that is not a Slack payload; `reason` is fixed text, never body content."""
+        self.server.count("malformed")
+        self.server.warn_malformed("refused malformed Slack request from %s: %s", self.client_address[0], reason)
+        self._reply(400, json.dumps({"error": f"malformed request: {reason}"}).encode())
 
     def _reply(self, status: int, payload: bytes, content_type: str = "application/json", close: bool = False) -> None:
         self.send_response(status)
