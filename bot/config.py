@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -82,11 +83,15 @@ class Settings:
     optout_reaction: str = "see_no_evil"
     rate_limit_per_minute: int = 6
     stream_interval_s: float = 1.0
+    slack_streaming: str = "native"  # native: chat.startStream where allowed; update: chat.update edits
 
     # privacy and feedback loop
     user_hash_salt: str = "domainbot"
     retrain_min_examples: int = 20
     gate_margin: float = 0.01
+
+    # live reload of domains/ (bot/reload.py): seconds between checks of the plugin folders; 0 turns it off
+    reload_s: float = 2.0
 
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -136,10 +141,26 @@ def load_settings(env_file: Path | None = None) -> Settings:
         optout_reaction=_env("DOMAINBOT_OPTOUT_REACTION", d.optout_reaction) or d.optout_reaction,
         rate_limit_per_minute=_int("DOMAINBOT_RATE_LIMIT_PER_MINUTE", d.rate_limit_per_minute),
         stream_interval_s=_float("DOMAINBOT_STREAM_INTERVAL_S", d.stream_interval_s),
+        slack_streaming=_choice("DOMAINBOT_SLACK_STREAMING",
+                                _env("DOMAINBOT_SLACK_STREAMING", d.slack_streaming) or d.slack_streaming,
+                                ("native", "update")),
         user_hash_salt=_env("DOMAINBOT_USER_SALT", d.user_hash_salt) or d.user_hash_salt,
         retrain_min_examples=_int("DOMAINBOT_RETRAIN_MIN_EXAMPLES", d.retrain_min_examples),
         gate_margin=_float("DOMAINBOT_GATE_MARGIN", d.gate_margin),
+        reload_s=_seconds("DOMAINBOT_RELOAD_S", _float("DOMAINBOT_RELOAD_S", d.reload_s)),
     )
+
+
+def _seconds(name: str, value: float) -> float:
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"{name} must be 0 (off) or a positive number of seconds, got {value:g}")
+    return value
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value.strip().lower() not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value.strip().lower()
 
 
 def setting_names() -> list[str]:

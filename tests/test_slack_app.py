@@ -27,6 +27,7 @@ from bot.slack.blocks import ANSWER_BLOCK
 from bot.slack.context import SlackContext
 from bot.slack.ingress import SlackHTTPServer, start_http
 from bot.store.store import Store
+from bot.testing.recording import RecordingRuntime
 from bot.testing.slack_kit import (
     APP_TOKEN,
     BOT_TOKEN,
@@ -158,14 +159,15 @@ def test_a_mention_is_answered_in_its_thread_with_citations(bot: Bot):
     assert "*Medical*" in text and "routed automatically" in text
     assert "*Sources*\\n[1] " in text  # numbered source titles
     assert "not medical advice" in text  # the domain's disclaimer
-    placeholder = bot.slack.calls("chat.postMessage")[0]
-    assert placeholder.args["thread_ts"] == ts and placeholder.args["channel"] == CHANNEL
+    [started] = bot.slack.calls("chat.startStream")  # native streaming, in the mention's thread
+    assert started.args["thread_ts"] == ts and started.args["channel"] == CHANNEL
     [row] = bot.exchanges()
     assert (row["domain"], row["kind"], row["chosen_by"], row["source"]) == ("medical", "answer", "router", "slack:mention")
     assert row["citations"] and row["message_ts"] == final["ts"] and row["thread_ts"] == ts
     assert row["user_hash"] and row["user_hash"] != USER  # never the raw Slack id
-    feedback_buttons = [e["value"] for b in final["blocks"] if b["type"] == "actions" for e in b["elements"]]
-    assert feedback_buttons == [str(row["id"])] * 2
+    [native] = [e for b in final["blocks"] if b["type"] == "context_actions" for e in b["elements"]]
+    assert (native["positive_button"]["value"], native["negative_button"]["value"]) == (
+        f"{row['id']}:+1", f"{row['id']}:-1")
 
 
 def test_a_question_is_routed_once_and_its_scores_are_logged(bot: Bot, quick: Answerer, monkeypatch):
@@ -188,11 +190,19 @@ def test_a_dm_is_answered_in_the_dm(bot: Bot):
     assert bot.exchanges()[0]["source"] == "slack:dm"
 
 
-def test_a_thread_follow_up_keeps_its_domain_unless_another_is_clearly_meant(bot: Bot):
+def test_a_thread_follow_up_keeps_its_domain_unless_another_is_clearly_meant(start_bot, quick: Answerer):
+    recorder = RecordingRuntime(quick.runtime)
+    bot = start_bot(answerer=Answerer(quick.settings, quick.discovery, quick.retriever, recorder,
+                                      router=quick.router))
     root = bot.say("<@UBOT> What are the early symptoms of type 2 diabetes?")
-    bot.wait_final(CHANNEL, root)
+    [first] = bot.wait_final(CHANNEL, root)
     bot.say("and how long is it?", thread_ts=root, mention=False)  # vague: the router prefers no domain
     bot.wait_final(CHANNEL, root, n=2)
+    # The thread so far reaches the model: the first question and our answer, as the thread shows them.
+    sent = recorder.prompt_for("and how long is it?")
+    assert sent[1:] == [{"role": "user", "content": "What are the early symptoms of type 2 diabetes?"},
+                        {"role": "assistant", "content": first["text"]},
+                        {"role": "user", "content": "and how long is it?"}]
     bot.say("How much notice is needed to terminate the distribution agreement?", thread_ts=root, mention=False)
     [*_, switched] = bot.wait_final(CHANNEL, root, n=3)
     bot.say("finance: What was the total revenue in 2019?", thread_ts=root, mention=False)
@@ -202,7 +212,6 @@ def test_a_thread_follow_up_keeps_its_domain_unless_another_is_clearly_meant(bot
                                                              ("legal", "switched"), ("finance", "explicit")]
     assert "rather than the thread's earlier topic" in blocks_text(switched)  # the user is told it switched
     assert [r["source"] for r in rows] == ["slack:mention", "slack:thread", "slack:thread", "slack:thread"]
-    assert bot.slack.calls("conversations.replies", ts=root)  # the thread history was read as context
 
 
 def test_the_final_slack_text_is_the_guarded_answer_not_the_streamed_draft(start_bot, quick: Answerer):
@@ -291,7 +300,7 @@ def test_assistant_threads_get_prompts_status_and_a_title(bot: Bot):
 
 
 def test_the_reply_streams_through_message_edits(start_bot):
-    bot = start_bot(stream_interval_s=0.0)
+    bot = start_bot(stream_interval_s=0.0, slack_streaming="update")
     ts = bot.say("<@UBOT> medical: What causes high blood pressure?")
     [final] = bot.wait_final(CHANNEL, ts)
     edits = bot.slack.calls("chat.update", ts=final["ts"])
@@ -333,7 +342,8 @@ def test_rate_limit_answers_with_a_friendly_wait(start_bot):
     assert len(bot.exchanges()) == 1
 
 
-def test_failures_get_an_apology_with_an_error_id_in_the_logs(bot: Bot, caplog):
+def test_failures_get_an_apology_with_an_error_id_in_the_logs(start_bot, caplog):
+    bot = start_bot(slack_streaming="update")  # the failure hit is the placeholder's chat.postMessage
     caplog.set_level(logging.ERROR)
     bot.slack.queue("chat.postMessage", body={"ok": False, "error": "fatal_error"})
     ts = bot.say("<@UBOT> medical: What is asthma?")
@@ -457,16 +467,31 @@ def test_1000_forged_or_expired_requests_are_all_rejected_and_none_handled(bot: 
     assert bot.store.query("SELECT COUNT(*) AS n FROM events")[0]["n"] == 0 and bot.exchanges() == []
 
 
-def test_a_retried_event_is_answered_once(bot: Bot):
+def test_a_redelivered_event_is_answered_once_by_its_event_id(bot: Bot):
+    """Dedupe is by event_id, not by Slack's retry header: these redeliveries carry none (a replayed or
+    duplicated delivery need not), so only the event_id tells them apart."""
     ts = bot.slack.add_message(CHANNEL, "<@UBOT> medical: What is asthma?")
     payload = app_mention("<@UBOT> medical: What is asthma?", ts=ts)
-    with ThreadPoolExecutor(4) as pool:  # Slack's retries can overlap the first delivery
-        statuses = list(pool.map(lambda n: post_event(bot.url, payload, retry_num=n)[0], [None, 1, 2, 3]))
+    with ThreadPoolExecutor(4) as pool:  # overlapping, as deliveries to a slow app do
+        statuses = list(pool.map(lambda _: post_event(bot.url, payload)[0], range(4)))
     assert statuses == [200] * 4
     bot.wait_final(CHANNEL, ts)
     bot.drain()
     assert len(bot.replies(CHANNEL, ts)) == 1 and len(bot.exchanges()) == 1
-    assert len(bot.slack.calls("chat.postMessage")) == 1
+    opened = [c for c in bot.slack.calls() if c.method in ("chat.postMessage", "chat.startStream")]
+    assert [c.args.get("thread_ts") for c in opened] == [ts]  # one reply opened (posted, or streamed natively)
+
+
+def test_a_retry_header_on_a_new_event_is_still_answered(bot: Bot):
+    """A delivery whose first attempt never reached us arrives with X-Slack-Retry-Num: it is new to us, so it
+    is answered (an app that dropped every retry would lose it)."""
+    ts = bot.slack.add_message(CHANNEL, "<@UBOT> medical: Is Huntington disease inherited?")
+    status, _ = post_event(bot.url, app_mention("<@UBOT> medical: Is Huntington disease inherited?", ts=ts),
+                           retry_num=2)
+    assert status == 200
+    [final] = bot.wait_final(CHANNEL, ts)
+    assert is_answer(final)
+    assert [r["thread_ts"] for r in bot.exchanges()] == [ts]
 
 
 def test_our_own_and_other_bots_messages_are_ignored(bot: Bot):

@@ -37,8 +37,11 @@ def test_answer_shows_domain_text_numbered_sources_disclaimer_and_buttons():
     assert "[1] Distribution Agreement &lt;ACME &amp; Co&gt;" in dumped  # escaped, numbered
     assert "[2] <https://docs.example/licence|Licence>" in dumped  # linked when the source has a URL
     assert "_Not legal advice._" in dumped
-    actions = [b for b in msg["blocks"] if b["type"] == "actions"][0]["elements"]
-    assert [(a["action_id"], a["value"]) for a in actions] == [("feedback_up", "42"), ("feedback_down", "42")]
+    [feedback] = [b for b in msg["blocks"] if b["type"] == "context_actions"]  # Slack's native 👍/👎
+    [element] = feedback["elements"]
+    assert (element["type"], element["action_id"]) == ("feedback_buttons", "feedback")
+    assert (element["positive_button"]["value"], element["negative_button"]["value"]) == ("42:+1", "42:-1")
+    assert all(b["type"] != "actions" for b in msg["blocks"])  # the older buttons are not rendered any more
     answer_sections = [b for b in msg["blocks"] if b.get("block_id") == blocks.ANSWER_BLOCK]
     assert len(answer_sections) == 1
 
@@ -107,3 +110,23 @@ def test_assistant_greeting_and_prompts_per_domain():
         {"title": "Finance: Revenue in 2019?", "message": "finance: Revenue in 2019?"},
         {"title": "Medical: Flu?", "message": "medical: Flu?"},
     ]
+
+
+def test_native_feedback_values_name_the_exchange_and_the_vote():
+    element = blocks.feedback_block(123)["elements"][0]
+    assert blocks.vote_of(element["positive_button"]["value"]) == (123, "+1")
+    assert blocks.vote_of(element["negative_button"]["value"]) == (123, "-1")
+    for bad in ["", "123", "abc:+1", "123:+2", "-5:+1", None]:
+        assert blocks.vote_of(bad) is None
+
+
+def test_the_trailer_is_what_follows_the_text():
+    msg = blocks.answer_message(make_answer(notes=["A note."]), 5, "Legal")
+    trailer = blocks.trailer(msg)
+    assert [b["type"] for b in trailer] == ["context", "context", "context", "context_actions"]
+    assert "*Sources*" in json.dumps(trailer) and "A note." in json.dumps(trailer)
+    assert blocks.trailer(blocks.policy_message(make_answer(kind="refused"), "Legal")) == []
+
+
+def test_stream_intro_is_markdown_for_start_stream():
+    assert blocks.stream_intro("Legal") == ":mag: Searching legal documents…\n\n"

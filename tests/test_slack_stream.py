@@ -52,11 +52,16 @@ def test_no_edit_while_one_is_in_flight(slack):
     client = WebClient(token=BOT_TOKEN, base_url=slack.api_url)
     clock = Clock()
     stream = MessageStream(client, CHANNEL, post_placeholder(client), interval_s=1.0, render=render, clock=clock)
-    stream._idle.clear()  # as if an edit were still on its way
+    release = slack.hold("chat.update")  # the fake records the edit but answers only when released
+    clock.now += 1
+    stream.feed("first ")
+    slack.wait_for(lambda: slack.calls("chat.update"), what="the first edit, in flight")
     clock.now += 5
-    stream.feed("late ")
-    stream._idle.set()
-    assert slack.calls("chat.update") == []
+    stream.feed("late ")  # due by the clock, but the first edit has not come back
+    release.set()
+    stream.close()  # every edit started so far has landed: a second one would be recorded now
+    assert [c.args["text"] for c in slack.calls("chat.update")] == ["first "]
+    assert stream.updates == 1
 
 
 def test_a_429_is_retried_after_its_retry_after(slack):

@@ -52,12 +52,29 @@ def run_once(settings: Settings, store: Store, *, min_examples: int | None = Non
     return outcomes
 
 
+def apologise_abandoned_questions(settings: Settings, store: Store) -> int:
+    """Slack questions a crashed web process left open and no Slack process resumed: apologise for them
+    (with an "Ask again" button). Needs SLACK_BOT_TOKEN; without it there is nobody to tell."""
+    if not settings.slack_bot_token:
+        return 0
+    from bot.slack.context import make_client
+    from bot.slack.resume import apologise_abandoned
+    from bot.store.questions import Questions
+
+    try:
+        return apologise_abandoned(make_client(settings), Questions(store))
+    except Exception:  # Slack down or the store busy: the next pass tries again
+        log.exception("could not apologise for abandoned Slack questions")
+        return 0
+
+
 def loop(settings: Settings, *, interval_s: float = 300.0, min_examples: int | None = None, cfg=None,
          stop: threading.Event | None = None, on_pass: Callable[[list], None] | None = None) -> None:  # fmt: skip
     stop = stop or threading.Event()
     store = Store.from_settings(settings)
     try:
         while not stop.is_set():
+            apologise_abandoned_questions(settings, store)
             outcomes = run_once(settings, store, min_examples=min_examples, cfg=cfg)
             for out in outcomes:
                 log.warning("retrain %s: %s (%s)", out.domain, out.status, out.reason)

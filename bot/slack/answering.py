@@ -1,8 +1,9 @@
 """Answer one question in Slack, in a worker: route, stream, render, log.
 
-A listener turns an event into an `Ask` and calls `submit`, which answers the rate limit at once
-and queues the rest. The job never raises: a user-facing error is shown as it is, anything else
-becomes a short apology with an error id that is also in the logs.
+A listener turns an event into an `Ask` and calls `submit`, which stores the question durably (in the
+transaction that claims its event), answers the rate limit at once and queues the rest in the waiting line.
+The job never raises: a user-facing error is shown as it is, anything else becomes a short apology with an
+error id that is also in the logs. Questions left open by a crash are resumed by `resume` (bot.slack.resume).
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from bot.router import RouteResult, explicit_prefix
 from bot.slack import blocks
 from bot.slack.context import SlackContext
 from bot.slack.ratelimit import wait_message
-from bot.slack.stream import MessageStream
+from bot.slack.stream import NativeStream, open_stream
 from bot.slack.text import history_turns
+from bot.slack.waiting import Ticket
 
 log = logging.getLogger(__name__)
 
@@ -53,34 +55,55 @@ class Ask:
     response_url: str | None = None  # /ask: where to answer when the bot can't post in the channel
 
 
+RESUME_FIELDS = ("channel", "user", "event_key", "source", "thread_ts", "history_ts", "message_ts", "domain",
+                 "method", "is_dm", "assistant", "quote_question", "response_url")
+
+
 def submit(ctx: SlackContext, ask: Ask, notify: Callable[[str], None] | None = None) -> bool:
-    """Apply the per-user rate limit, then queue the answer. False when the user was told to wait."""
+    """Store the question with its event claim, apply the per-user rate limit, then queue the answer.
+    False when the user was told to wait; True when it was queued or was a duplicate (nothing to do)."""
     notify = notify or partial(ctx.whisper, ask.channel, ask.user, thread_ts=ask.thread_ts)
+    claimed = ctx.questions.claim(ask.event_key, source=f"slack:{ask.source}", channel=ask.channel, user=ask.user,
+                                  question=ask.text, resume={k: getattr(ask, k) for k in RESUME_FIELDS})
+    if claimed is None:
+        return True  # a redelivery of a question that is answered or being answered
     wait = ctx.limiter.check(ask.user)
     if wait:
         notify(wait_message(wait))
+        ctx.questions.finish(claimed.id, "failed")
         return False
-    if not ctx.workers.submit(answer, ctx, ask):
+    reply = Reply(ctx, ask, question_id=claimed.id, ts=claimed.placeholder_ts)
+    if not enqueue(ctx, Ticket(ask, reply, claimed.id)):
         notify(BUSY)
+        ctx.questions.finish(claimed.id, "failed")
         return False
     return True
+
+
+def enqueue(ctx: SlackContext, ticket: Ticket) -> bool:
+    """Join the waiting line and queue the job; False (and nothing queued) when the pool is full."""
+    return ctx.line.join(ticket, lambda: ctx.workers.submit(answer, ctx, ticket))
 
 
 class Reply:
     """The bot's one message for an Ask: posted once, then edited in place."""
 
-    def __init__(self, ctx: SlackContext, ask: Ask):
+    def __init__(self, ctx: SlackContext, ask: Ask, *, question_id: int | None = None, ts: str | None = None):
         self.ctx = ctx
         self.ask = ask
-        self.ts: str | None = None
+        self.question_id = question_id
+        self.ts: str | None = ts  # a resumed question edits the placeholder it had
         self.webhook: WebhookClient | None = None  # set when we may only answer through response_url
+        self.queue_ms: float | None = None
+        self.started = time.perf_counter()  # when answering began (after the queue)
+        self.exchange_id: int | None = None
 
     def show(self, message: blocks.Message) -> None:
         client, ask = self.ctx.client, self.ask
         if self.webhook:
             self.webhook.send(response_type="ephemeral", replace_original=True, **message)
-        elif self.ts:
-            client.chat_update(channel=ask.channel, ts=self.ts, **message)
+        elif self.ts and self._update(message):
+            return
         else:
             try:
                 self.ts = client.chat_postMessage(channel=ask.channel, thread_ts=ask.thread_ts, **message)["ts"]
@@ -90,36 +113,82 @@ class Reply:
                 # /ask where the bot isn't a member: answer the asker privately, through the command's response_url.
                 self.webhook = WebhookClient(ask.response_url)
                 self.webhook.send(response_type="ephemeral", **message)
+                return
+            if self.question_id is not None:  # a resumed answer edits this message instead of posting again
+                try:
+                    self.ctx.questions.set_placeholder(self.question_id, self.ts)
+                except Exception:  # a resume would post a new message: harmless
+                    log.exception("could not record the placeholder of question %s", self.question_id)
+
+    def _update(self, message: blocks.Message) -> bool:
+        """Edit our message; False when it is gone (deleted while we restarted), so a new one is posted."""
+        try:
+            self.ctx.client.chat_update(channel=self.ask.channel, ts=self.ts, **message)
+            return True
+        except SlackApiError as err:
+            if err.response.get("error") != "message_not_found":
+                raise
+            self.ts = None
+            return False
 
 
-def answer(ctx: SlackContext, ask: Ask) -> None:
+def answer(ctx: SlackContext, ticket: Ticket) -> None:
     """The worker job. Never raises; a question that could not be answered is still kept (kind "error")."""
-    reply = Reply(ctx, ask)
-    started = time.perf_counter()
+    ask, reply = ticket.ask, ticket.reply
+    ctx.line.wait_turn(ticket)
+    reply.queue_ms, reply.started = ticket.queue_ms(), time.perf_counter()
+    status = "failed"
     try:
+        if ticket.question_id is not None:
+            ctx.questions.start(ticket.question_id)
         _answer(ctx, ask, reply)
+        status = "answered"
     except BackendUnavailable as exc:  # the operator's message goes to the log; the user gets an apology
         log.warning("inference backend unavailable: %s", exc)
         _show_safely(reply, blocks.notice(f":warning: {BACKEND_DOWN}"))
-        _keep_question(ctx, ask, reply, BACKEND_DOWN, started)
+        _keep_question(ctx, ask, reply, BACKEND_DOWN)
     except UserFacingError as exc:
         _show_safely(reply, blocks.notice(f":warning: {str(exc)}"))
-        _keep_question(ctx, ask, reply, str(exc), started)
+        _keep_question(ctx, ask, reply, str(exc))
     except Exception:
         error_id = new_error_id()
         log.exception("answering failed [error %s] source=%s channel=%s", error_id, ask.source, ask.channel)
         _show_safely(reply, blocks.error_message(error_id))
-        _keep_question(ctx, ask, reply, f"error {error_id}", started)
+        _keep_question(ctx, ask, reply, f"error {error_id}")
+    finally:
+        ctx.line.leave(ticket)
+        _finish_question(ctx, ticket, status)
 
 
-def _keep_question(ctx: SlackContext, ask: Ask, reply: Reply, why: str, started: float) -> None:
+def _finish_question(ctx: SlackContext, ticket: Ticket, status: str) -> None:
+    if ticket.question_id is None:
+        return
+    reply = ticket.reply
+    try:
+        ctx.questions.finish(ticket.question_id, status, exchange_id=reply.exchange_id, queue_ms=reply.queue_ms,
+                             answer_ms=_ms_since(reply.started))
+    except Exception:  # it stays open and is resumed later: answered twice beats lost
+        log.exception("could not mark question %s %s", ticket.question_id, status)
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 1)
+
+
+def _timing(reply: Reply) -> dict:
+    """Queue and answer time apart; latency_ms is what the user waited, queue included."""
+    answer_ms = _ms_since(reply.started)
+    queue_ms = reply.queue_ms or 0.0
+    return {"queue_ms": queue_ms, "answer_ms": answer_ms, "latency_ms": round(queue_ms + answer_ms, 1)}
+
+
+def _keep_question(ctx: SlackContext, ask: Ask, reply: Reply, why: str) -> None:
     """Log the unanswered question (kind "error": never training data) so nothing the user asked is lost."""
     try:
-        ctx.store.log_exchange(
+        reply.exchange_id = ctx.store.log_exchange(
             source=f"slack:{ask.source}", question=ask.text, answer=why, domain=ask.domain, kind="error",
-            router_scores={}, chosen_by=ask.method or "none", citations=[], adapter="",
-            latency_ms=round((time.perf_counter() - started) * 1000, 1), channel=ask.channel, user=ask.user,
-            thread_ts=ask.thread_ts, message_ts=reply.ts, event_key=ask.event_key,
+            router_scores={}, chosen_by=ask.method or "none", citations=[], adapter="", channel=ask.channel,
+            user=ask.user, thread_ts=ask.thread_ts, message_ts=reply.ts, event_key=ask.event_key, **_timing(reply),
         )
     except Exception:  # the store itself failing: the log line is all that is left
         log.exception("could not keep the unanswered question (source=%s channel=%s)", ask.source, ask.channel)
@@ -133,7 +202,6 @@ def _show_safely(reply: Reply, message: blocks.Message) -> None:
 
 
 def _answer(ctx: SlackContext, ask: Ask, reply: Reply) -> None:
-    started = time.perf_counter()
     history = thread_history(ctx, ask)
     route = choose_route(ctx, ask)
     stream = None
@@ -141,20 +209,24 @@ def _answer(ctx: SlackContext, ask: Ask, reply: Reply) -> None:
         title = ctx.domain_title(route.domain)
         if ask.assistant:
             assistant_status(ctx, ask, f"Searching {title.lower()} documents…", title=None if history else ask.text)
-        reply.show(blocks.thinking_message(title))
-        if reply.ts:
-            stream = MessageStream(ctx.client, ask.channel, reply.ts, interval_s=ctx.settings.stream_interval_s,
-                                   render=partial(blocks.streaming_message, title))
+        stream = open_stream(ctx, ask, reply, title)  # native where Slack allows it, else chat.update edits
     try:
         place = Place(ask.channel, ctx.channel_name(ask.channel), ask.is_dm)
         result = ctx.answerer.answer(Question(ask.text, route=route, history=history, place=place),
                                      on_token=stream.feed if stream else None)
+    except Exception:
+        if isinstance(stream, NativeStream):
+            stream.stop()  # out of the streaming state, so the apology can replace the draft
+        raise
     finally:
         if stream:
             stream.close()
     placeholder_ts = reply.ts
-    exchange_id = log_exchange(ctx, ask, result, placeholder_ts, started)
-    reply.show(render(ctx, ask, result, exchange_id))
+    exchange_id = log_exchange(ctx, ask, result, placeholder_ts, reply)
+    if isinstance(stream, NativeStream):  # stop, then the guarded answer replaces the streamed draft
+        reply.ts = stream.finish(render(ctx, ask, result, exchange_id), result.text)
+    else:
+        reply.show(render(ctx, ask, result, exchange_id))
     if reply.ts and reply.ts != placeholder_ts:  # a picker or notice posted just now: link it for feedback
         ctx.store.set_exchange_message(exchange_id, ask.channel, reply.ts)
 
@@ -197,12 +269,12 @@ def assistant_status(ctx: SlackContext, ask: Ask, status: str, *, title: str | N
         log.info("assistant status not set: %s", err.response.get("error"))
 
 
-def log_exchange(ctx: SlackContext, ask: Ask, result: Answer, message_ts: str | None, started: float) -> int:
-    return log_answer(
+def log_exchange(ctx: SlackContext, ask: Ask, result: Answer, message_ts: str | None, reply: Reply) -> int:
+    reply.exchange_id = log_answer(
         ctx.settings, result, ask.text, source=f"slack:{ask.source}", store=ctx.store, channel=ask.channel,
-        user=ask.user, thread_ts=ask.thread_ts, message_ts=message_ts, event_key=ask.event_key,
-        latency_ms=round((time.perf_counter() - started) * 1000, 1),  # what the user waited, queue included
+        user=ask.user, thread_ts=ask.thread_ts, message_ts=message_ts, event_key=ask.event_key, **_timing(reply),
     )
+    return reply.exchange_id
 
 
 def _final(ctx: SlackContext, ask: Ask, result: Answer, exchange_id: int) -> blocks.Message:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 from slack_bolt import Ack, App, Assistant, BoltResponse
 from slack_bolt.adapter.socket_mode import SocketModeHandler
@@ -21,10 +23,14 @@ from bot.errors import UserFacingError, new_error_id
 from bot.slack import blocks, events, feedback
 from bot.slack.context import SlackContext, Workers, make_client
 from bot.slack.ingress import quiet_slack_logging
+from bot.slack.resume import Keeper, ask_again, resume_open
+from bot.slack.waiting import RETRY_QUESTION
 from bot.store.store import Store
 
 log = logging.getLogger(__name__)
 
+# What replaying an event needs (its text is stored scrubbed, in the question column).
+EVENT_FIELDS = ("type", "channel", "user", "ts", "thread_ts", "channel_type")
 LISTENER_THREADS = 16  # listeners only ack and queue; answers run in SlackContext.workers
 
 
@@ -59,7 +65,15 @@ def build(settings: Settings, answerer: Answerer, store: Store, *, workers: Work
     app = make_app(client, listeners)
     ctx = SlackContext.create(settings, answerer, store, client, bot_user_id, workers, listeners)
     register(app, ctx)
+    start_background(ctx)
     return app, ctx
+
+
+def start_background(ctx: SlackContext) -> None:
+    """The waiting-line notes, the lease keeper, and the questions a stopped process left open."""
+    ctx.line.run_in_thread()
+    ctx.background.append(Keeper(ctx).start())
+    resume_open(ctx)
 
 
 def register(app: App, ctx: SlackContext) -> None:
@@ -74,9 +88,11 @@ def register(app: App, ctx: SlackContext) -> None:
 
     @app.middleware
     def drop_duplicates(body: dict, next_) -> BoltResponse | None:
-        """Slack retries an event it thinks we missed; the store's UNIQUE key lets one through, across processes."""
-        event_id = body.get("event_id")
-        if event_id and not ctx.store.claim_event(f"event:{event_id}"):
+        """Slack retries an event it thinks we missed; the store's UNIQUE key lets one through, across processes.
+        Messages and mentions may be questions: `submit` claims those with the question in one transaction,
+        so a redelivery of a question a crash left unanswered is resumed rather than dropped."""
+        event_id, event = body.get("event_id"), body.get("event") or {}
+        if event_id and not _claim(ctx, f"event:{event_id}", event):
             return BoltResponse(status=200, body="")
         next_()
         return None
@@ -85,11 +101,13 @@ def register(app: App, ctx: SlackContext) -> None:
 
     @app.event("app_mention")
     def mention(event: dict, body: dict) -> None:
-        events.on_mention(ctx, event, body.get("event_id", ""))
+        with _settled(ctx, body):
+            events.on_mention(ctx, event, body.get("event_id", ""))
 
     @app.event("message")
     def message(event: dict, body: dict) -> None:
-        events.on_message(ctx, event, body.get("event_id", ""))
+        with _settled(ctx, body):
+            events.on_message(ctx, event, body.get("event_id", ""))
 
     @app.event("reaction_added")
     @app.event("reaction_removed")
@@ -111,10 +129,20 @@ def register(app: App, ctx: SlackContext) -> None:
         feedback.open_correction(ctx, body)
         feedback.on_vote(ctx, body, "-1")
 
+    @app.action(blocks.FEEDBACK)
+    def vote_native(ack: Ack, body: dict) -> None:
+        ack()
+        feedback.on_feedback_buttons(ctx, body)
+
     @app.action(re.compile(rf"^{blocks.PICK_DOMAIN}:"))
     def pick(ack: Ack, body: dict) -> None:
         ack()
         events.on_pick(ctx, body)
+
+    @app.action(RETRY_QUESTION)
+    def retry(ack: Ack, body: dict) -> None:
+        ack()
+        ask_again(ctx, body)
 
     @app.view(blocks.CORRECTION_VIEW)
     def correction_submitted(ack: Ack, body: dict, view: dict) -> None:
@@ -124,6 +152,25 @@ def register(app: App, ctx: SlackContext) -> None:
     @app.error
     def failed(error: Exception) -> None:
         log.error("Slack listener failed [error %s]", new_error_id(), exc_info=error)
+
+
+def _claim(ctx: SlackContext, key: str, event: dict) -> bool:
+    """Claim an event before Slack gets its ack; one that may be a question is stored with it. False for a
+    duplicate (or a redelivery of a question another live process is answering)."""
+    if not events.may_be_question(ctx, event):
+        return ctx.store.claim_event(key)
+    kept = {k: event[k] for k in EVENT_FIELDS if k in event}
+    return ctx.questions.receive(key, source=f"slack:{event.get('type')}", channel=event.get("channel", ""),
+                                 user=event.get("user"), text=event.get("text", ""), event=kept) is not None
+
+
+@contextmanager
+def _settled(ctx: SlackContext, body: dict) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if body.get("event_id"):
+            ctx.questions.settle(f"event:{body['event_id']}")
 
 
 def start_socket_mode(app: App, settings: Settings) -> SocketModeHandler:
@@ -147,6 +194,7 @@ def _assistant(ctx: SlackContext) -> Assistant:
 
     @assistant.user_message
     def user_message(payload: dict, body: dict) -> None:
-        events.on_message(ctx, payload, body.get("event_id", ""), assistant=True)
+        with _settled(ctx, body):
+            events.on_message(ctx, payload, body.get("event_id", ""), assistant=True)
 
     return assistant

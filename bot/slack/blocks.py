@@ -12,12 +12,16 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from slack_sdk.models.blocks import ContextActionsBlock, FeedbackButtonObject, FeedbackButtonsElement
+
 from bot.answer import Answer
 from bot.domains import Domain
 
 ANSWER_BLOCK = "domainbot_answer"  # block_id of an answer's first section: marks bot answers in a thread
-FEEDBACK_UP = "feedback_up"
+FEEDBACK = "feedback"  # the native feedback_buttons element; its values are f"{exchange_id}:{UP or DOWN}"
+FEEDBACK_UP = "feedback_up"  # the older 👍/👎 buttons: new answers no longer have them, posted ones still work
 FEEDBACK_DOWN = "feedback_down"
+UP, DOWN = "+1", "-1"
 PICK_DOMAIN = "pick_domain"  # action ids are f"{PICK_DOMAIN}:{name}"
 CORRECTION_VIEW = "correction"
 CORRECTION_BLOCK = "correction"
@@ -92,7 +96,7 @@ def _header(domain_title: str, method: str | None = None) -> dict:
 def sources_text(answer: Answer) -> str:
     lines = []
     for c in answer.citations[:MAX_SOURCES]:
-        title = escape(c.title.strip() or c.doc_id or c.chunk_id)[:150]
+        title = escape(c.label)[:150]  # file and page or heading for documents, the title for corpus rows
         lines.append(f"[{c.n}] <{c.url}|{title}>" if c.url else f"[{c.n}] {title}")
     return "*Sources*\n" + "\n".join(lines)
 
@@ -100,6 +104,24 @@ def sources_text(answer: Answer) -> str:
 def asked(user: str, question: str) -> str:
     """Who asked what, for answers whose question the channel can't see (/ask, a late pick)."""
     return f"<@{user}> asked: {escape(question)[:SECTION_LIMIT - 40]}"
+
+
+def feedback_block(exchange_id: int) -> dict:
+    """Slack's native 👍/👎 (a feedback_buttons element in a context_actions block); the SDK checks the limits."""
+    def button(emoji: str, label: str, vote: str) -> FeedbackButtonObject:
+        return FeedbackButtonObject(text=emoji, accessibility_label=label, value=f"{exchange_id}:{vote}")
+
+    element = FeedbackButtonsElement(action_id=FEEDBACK, positive_button=button("👍", "This answer helped", UP),
+                                     negative_button=button("👎", "This answer is not right", DOWN))
+    return ContextActionsBlock(elements=[element]).to_dict()
+
+
+def vote_of(value: str) -> tuple[int, str] | None:
+    """(exchange id, vote) from a native feedback button's value, or None when it is not one of ours."""
+    head, _, vote = (value or "").partition(":")
+    if vote not in (UP, DOWN) or not head.isdigit():
+        return None
+    return int(head), vote
 
 
 def answer_message(answer: Answer, exchange_id: int | None, domain_title: str, *, quote: str | None = None) -> Message:
@@ -115,15 +137,16 @@ def answer_message(answer: Answer, exchange_id: int | None, domain_title: str, *
         blocks.append(_context(f"_{escape(answer.disclaimer)}_"))
     blocks.extend(_context(f":information_source: {escape(note)}") for note in answer.notes)
     if exchange_id is not None:
-        blocks.append({
-            "type": "actions",
-            "block_id": "feedback",
-            "elements": [
-                _button(":+1: Helpful", FEEDBACK_UP, str(exchange_id)),
-                _button(":-1: Not right", FEEDBACK_DOWN, str(exchange_id)),
-            ],
-        })
+        blocks.append(feedback_block(exchange_id))
     return {"text": answer.text[:3000], "blocks": blocks[:50]}
+
+
+def trailer(message: Message) -> list[dict]:
+    """What follows a message's last text section (sources, disclaimer, notes, 👍/👎): with native streaming,
+    chat.stopStream puts these under the streamed text."""
+    blocks = message.get("blocks") or []
+    last = max((i for i, b in enumerate(blocks) if b.get("type") == "section"), default=-1)
+    return blocks[last + 1:]
 
 
 def policy_message(answer: Answer, domain_title: str) -> Message:
@@ -136,6 +159,11 @@ def thinking_message(domain_title: str) -> Message:
         "text": f"Looking into it ({domain_title})…",
         "blocks": [_header(domain_title), _context(f":mag: Searching {escape(domain_title.lower())} documents…")],
     }
+
+
+def stream_intro(domain_title: str) -> str:
+    """The first words of a natively streamed answer (markdown_text); the final answer replaces them."""
+    return f":mag: Searching {domain_title.lower()} documents…\n\n"
 
 
 def streaming_message(domain_title: str, partial: str) -> Message:

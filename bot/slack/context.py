@@ -1,5 +1,5 @@
 """What every Slack listener needs: settings, the answerer, the store, the Web API client, the
-rate limiter and the answer workers, in one object built once at start-up."""
+rate limiter, the durable questions, the waiting line and the answer workers, in one object built once."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from bot.answer import Answerer
 from bot.config import Settings
 from bot.domains import Domain
 from bot.slack.ratelimit import RateLimiter
+from bot.slack.waiting import WaitingLine
+from bot.store.questions import Questions
 from bot.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ class Workers:
     """A bounded pool: `size` threads and at most `max_pending` jobs queued or running."""
 
     def __init__(self, size: int = WORKERS, max_pending: int = MAX_PENDING):
+        self.size = size
         self._pool = ThreadPoolExecutor(size, thread_name_prefix="slack-answer")
         self._slots = threading.BoundedSemaphore(max_pending)
 
@@ -65,13 +68,19 @@ class SlackContext:
     limiter: RateLimiter
     workers: Workers = field(default_factory=Workers)
     listeners: Executor | None = None  # bolt's listener pool, drained on close
+    questions: Questions | None = None  # type: ignore[assignment]  # set by create(): needs the store
+    line: WaitingLine = field(default_factory=WaitingLine)
+    background: list = field(default_factory=list)  # threads with a stop(): stopped on close
     _channel_names: dict[str, str | None] = field(default_factory=dict)
 
     @classmethod
     def create(cls, settings: Settings, answerer: Answerer, store: Store, client: WebClient, bot_user_id: str,
                workers: Workers | None = None, listeners: Executor | None = None) -> SlackContext:
-        return cls(settings, answerer, store, client, bot_user_id,
-                   RateLimiter(settings.rate_limit_per_minute), workers or Workers(), listeners)
+        workers = workers or Workers()
+        # The embedded llama.cpp runtime generates one answer at a time; a server runs the workers in parallel.
+        slots = 1 if settings.llm_backend == "embedded" else workers.size
+        return cls(settings, answerer, store, client, bot_user_id, RateLimiter(settings.rate_limit_per_minute),
+                   workers, listeners, Questions(store), WaitingLine(slots))
 
     @property
     def domains(self) -> list[Domain]:
@@ -105,3 +114,6 @@ class SlackContext:
         if self.listeners:
             self.listeners.shutdown(wait=True)
         self.workers.shutdown(wait=True)
+        self.line.stop()
+        for thread in self.background:
+            thread.stop()

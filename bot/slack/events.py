@@ -31,15 +31,29 @@ def on_mention(ctx: SlackContext, event: dict, event_id: str) -> None:
                     thread_ts=thread or event["ts"], history_ts=thread, message_ts=event["ts"]))
 
 
+def may_be_question(ctx: SlackContext, event: dict) -> bool:
+    """Whether an event is addressed to us: a mention, a DM, or a reply in a thread we answered in (cheap:
+    one indexed lookup). Only these are stored before the ack; people talking elsewhere are never stored."""
+    if event.get("type") == "app_mention":
+        return bool(event.get("user") and event.get("channel") and event.get("ts"))
+    if event.get("type") != "message" or event.get("subtype") or event.get("bot_id") or not event.get("user"):
+        return False  # edits, joins, other bots
+    if not event.get("channel") or not event.get("ts"):
+        return False
+    if event.get("channel_type") == "im":
+        return True
+    thread = event.get("thread_ts") if event.get("thread_ts") != event["ts"] else None
+    # mentions arrive as app_mention too; other threads are people talking
+    return not mentions(event.get("text", ""), ctx.bot_user_id) and _our_thread(ctx, event["channel"], thread)
+
+
 def on_message(ctx: SlackContext, event: dict, event_id: str, *, assistant: bool = False) -> None:
     """A DM, a reply in a thread we answered in, or a message in an assistant thread."""
-    if event.get("subtype") or event.get("bot_id") or not event.get("user"):
-        return  # edits, joins, other bots
+    if not may_be_question(ctx, event):
+        return
     channel, ts = event["channel"], event["ts"]
     is_dm = event.get("channel_type") == "im"
     thread = event.get("thread_ts") if event.get("thread_ts") != ts else None
-    if not is_dm and (mentions(event.get("text", ""), ctx.bot_user_id) or not _our_thread(ctx, channel, thread)):
-        return  # mentions arrive as app_mention too; other threads are people talking
     text = clean_text(event.get("text", ""), ctx.bot_user_id)
     fix = correction(text)
     if fix is not None:

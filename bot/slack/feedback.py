@@ -1,5 +1,5 @@
-"""Feedback from Slack into the store: reactions, 👍/👎 buttons, the correction modal and
-`correction:` thread replies. Each signal names its exchange and carries a unique event key, so a
+"""Feedback from Slack into the store: reactions, 👍/👎 (Slack's native feedback buttons, and the older
+buttons on answers posted before them), the correction modal and `correction:` thread replies. Each signal names its exchange and carries a unique event key, so a
 retried delivery counts once."""
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ def on_reaction(ctx: SlackContext, event: dict, event_id: str) -> bool:
 
 
 def _exchange_id(body: dict) -> int | None:
+    """The exchange a button names: its value is the id (older buttons) or "id:vote" (native feedback buttons)."""
     try:
-        return int(body["actions"][0]["value"])
+        return int(str(body["actions"][0]["value"]).partition(":")[0])
     except (KeyError, IndexError, TypeError, ValueError):
         log.warning("feedback button without a usable exchange id")
         return None
@@ -68,6 +69,20 @@ def on_vote(ctx: SlackContext, body: dict, vote: str) -> bool:
     if vote == "+1":
         _ephemeral(ctx, body, THANKS if recorded else "You already told me this one helped. Thanks!")
     return recorded
+
+
+def on_feedback_buttons(ctx: SlackContext, body: dict) -> bool:
+    """A click on the native feedback element: 👍 records +1 like the old button; 👎 also asks what was wrong."""
+    try:
+        parsed = blocks.vote_of(str(body["actions"][0]["value"]))
+    except (KeyError, IndexError, TypeError):
+        parsed = None
+    if parsed is None:
+        log.warning("feedback buttons without a usable value ignored")
+        return False
+    if parsed[1] == blocks.DOWN:
+        open_correction(ctx, body)
+    return on_vote(ctx, body, parsed[1])
 
 
 def open_correction(ctx: SlackContext, body: dict) -> None:

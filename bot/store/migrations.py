@@ -162,3 +162,38 @@ def m005_views(db: sqlite_utils.Database) -> None:
 def m006_guard_verdict(db: sqlite_utils.Database) -> None:
     # The grounding guard's verdict per answer, so the owner report can show it per adapter version.
     db["exchanges"].add_column("guard_verdict", str)
+
+
+@migration
+def m007_durable_questions(db: sqlite_utils.Database) -> None:
+    # A Slack question is written when its event is claimed, before it is answered, so a crash loses nothing:
+    # start-up and the sweeper resume what is left queued or answering once its owner's lease has lapsed.
+    db["questions"].create(
+        {
+            "id": int,
+            "event_key": str,  # the claimed event's hash (events.key): one question per delivery source
+            "created_at": str,
+            "updated_at": str,
+            "status": str,  # queued | answering | answered | failed
+            "source": str,
+            "channel": str,
+            "user_hash": str,
+            "question": str,  # scrubbed, cut to STORED_QUESTION_CHARS
+            "question_chars": int,  # the length the user sent
+            "resume": str,  # JSON: what answering needs again (thread, flags, the raw user id); cleared when done
+            "placeholder_ts": str,  # our message for it, once posted: resumed answers edit it
+            "owner": str,  # host:pid:nonce of the process holding it
+            "lease_until": float,  # unix time; the owner renews it while the question is queued or answering
+            "attempts": int,
+            "exchange_id": int,
+            "queue_ms": float,
+            "answer_ms": float,
+        },
+        pk="id",
+        not_null={"event_key", "created_at", "status"},
+    )
+    db["questions"].create_index(["event_key"], unique=True)
+    db["questions"].create_index(["status", "lease_until"])
+    db["exchanges"].add_column("question_chars", int)
+    db["exchanges"].add_column("queue_ms", float)
+    db["exchanges"].add_column("answer_ms", float)

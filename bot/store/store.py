@@ -28,6 +28,8 @@ import sqlite_utils
 from bot.store.migrations import migrate
 from bot.store.pii import scrub, scrub_counted
 
+STORED_QUESTION_CHARS = 20_000  # the policy's limit: a longer question is refused, and stored cut to this
+STORED_FEEDBACK_CHARS = 20_000
 FEEDBACK_KINDS = frozenset({"reaction", "button", "correction", "reroute", "opt_out"})
 BUSY_TIMEOUT_MS = 30_000
 _JSON_COLUMNS = (
@@ -129,6 +131,12 @@ class Store:
     def _event_hash(self, key: str) -> str:
         return hash_value(key, self.salt + ":event")
 
+    @staticmethod
+    def clean_question(text: str) -> tuple[str, int]:
+        """The question as stored: cut to STORED_QUESTION_CHARS before scrubbing (scrubbing is linear, but a
+        1 MB message still need not be kept), and its original length."""
+        return scrub(text[:STORED_QUESTION_CHARS]), len(text)
+
     def close(self) -> None:
         with self._lock:
             self.db.close()
@@ -176,9 +184,11 @@ class Store:
         message_ts: str | None = None,
         event_key: str | None = None,
         guard_verdict: str | None = None,
+        queue_ms: float | None = None,
+        answer_ms: float | None = None,
     ) -> int:
         """Store one question and its answer; returns the exchange id (the existing one for a repeated event_key)."""
-        clean_q, n_q = scrub_counted(question)
+        clean_q, n_q = scrub_counted(question[:STORED_QUESTION_CHARS])
         clean_a, n_a = scrub_counted(answer)
         row = {
             "created_at": self.clock(),
@@ -200,6 +210,9 @@ class Store:
             "tokens_prompt": int(tokens_prompt),
             "tokens_completion": int(tokens_completion),
             "pii_redactions": n_q + n_a,
+            "question_chars": len(question),
+            "queue_ms": queue_ms,  # Slack: waiting for a worker; latency_ms is the whole wait the user saw
+            "answer_ms": answer_ms,
             "guard_verdict": guard_verdict,  # supported | trimmed | quoted | no-sources (None: no answer was generated)
         }
         cols = ", ".join(row)
@@ -260,7 +273,7 @@ class Store:
         row = (
             exchange_id,
             kind,
-            scrub(str(value)),
+            scrub(str(value)[:STORED_FEEDBACK_CHARS]),
             self.hash_user(user),
             self.clock(),
             self._event_hash(event_key),

@@ -77,6 +77,7 @@ class _Canned:
     status: int
     body: dict
     headers: dict[str, str]
+    after: int = 0  # calls still to let through before this answer is used
 
 
 Responder = Callable[["FakeSlack", dict[str, Any]], dict[str, Any]]
@@ -104,6 +105,7 @@ class FakeSlack:
     _calls: list[Call] = field(default_factory=list)
     _messages: dict[str, dict[str, dict]] = field(default_factory=lambda: defaultdict(dict))
     _canned: dict[str, deque[_Canned]] = field(default_factory=lambda: defaultdict(deque))
+    _held: dict[str, threading.Event] = field(default_factory=dict)
     _lock: threading.Condition = field(default_factory=threading.Condition)
     _server: ThreadingHTTPServer | None = None
 
@@ -171,6 +173,7 @@ class FakeSlack:
         with self._lock:
             self._calls.clear()
             self._canned.clear()
+            self._held.clear()
 
     def message(self, channel: str, ts: str) -> dict | None:
         with self._lock:
@@ -194,18 +197,35 @@ class FakeSlack:
             self._messages[channel][ts] = msg
         return ts
 
-    def queue(self, method: str, *, status: int = 200, body: dict | None = None, headers: dict | None = None) -> None:
-        """Make the next call of `method` get this response instead of the normal one (e.g. a 429)."""
+    def queue(self, method: str, *, status: int = 200, body: dict | None = None, headers: dict | None = None,
+              after: int = 0) -> None:
+        """Make the next call of `method` get this response instead of the normal one (e.g. a 429); with
+        `after`, that many calls are answered normally first (an append that fails mid-way)."""
         with self._lock:
-            self._canned[method].append(_Canned(status, body or {"ok": True}, headers or {}))
+            self._canned[method].append(_Canned(status, body or {"ok": True}, headers or {}, after))
+
+    def hold(self, method: str) -> threading.Event:
+        """Hold every call of `method` (recorded, not answered) until the returned event is set: a write that
+        is still in flight, deterministically."""
+        gate = threading.Event()
+        with self._lock:
+            self._held[method] = gate
+        return gate
 
     # -- serving (called by the HTTP handler)
     def _handle(self, method: str, args: dict[str, Any], token: str | None) -> _Canned:
         with self._lock:
             self._calls.append(Call(method, args, token, time.monotonic()))
             self._lock.notify_all()
-            if self._canned[method]:
-                return self._canned[method].popleft()
+            gate = self._held.get(method)
+        if gate is not None:
+            gate.wait(60)  # a test that forgets to release it still ends
+        with self._lock:
+            canned = self._canned[method]
+            if canned and canned[0].after == 0:
+                return canned.popleft()
+            if canned:
+                canned[0].after -= 1
             if self.tokens is not None and token not in self.tokens:
                 return _Canned(200, {"ok": False, "error": "invalid_auth"}, {})
             responder = _METHODS.get(method)
@@ -292,10 +312,83 @@ def _connections_open(slack: FakeSlack, args: dict) -> dict:
     return {"ok": True, "url": slack.socket_mode.url}
 
 
+@_method("chat.delete")
+def _chat_delete(slack: FakeSlack, args: dict) -> dict:
+    channel, ts = args.get("channel"), args.get("ts")
+    if not channel or slack._messages[channel].pop(ts, None) is None:
+        return {"ok": False, "error": "message_not_found"}
+    return {"ok": True, "channel": channel, "ts": ts}
+
+
+# Native streaming (chat.startStream / appendStream / stopStream). The error names are the methods' documented
+# ones, except `invalid_arguments` for a missing thread_ts: the docs mark it required but name no error for it.
+# A streaming message keeps its text in one markdown block (an assumption about what Slack returns) and has
+# streaming_state "in_progress" until it is stopped ("completed").
+
+
+def _stream_text(args: dict) -> str:
+    chunks = args.get("chunks") or []
+    return (args.get("markdown_text") or "") + "".join(
+        c.get("text", "") for c in chunks if isinstance(c, dict) and c.get("type") == "markdown_text")
+
+
+def _streaming(slack: FakeSlack, args: dict) -> tuple[dict | None, dict | None]:
+    """(the message in streaming state, None) or (None, the error response)."""
+    channel, ts = args.get("channel"), args.get("ts")
+    if not channel:
+        return None, {"ok": False, "error": "channel_not_found"}
+    msg = slack._messages[channel].get(ts)
+    if msg is None:
+        return None, {"ok": False, "error": "message_not_found"}
+    if msg.get("streaming_state") != "in_progress":
+        return None, {"ok": False, "error": "message_not_in_streaming_state"}
+    return msg, None
+
+
+def _add_streamed(msg: dict, text: str) -> None:
+    msg["text"] += text
+    msg["blocks"][0]["text"] = msg["text"]
+
+
 @_method("chat.startStream")
 def _start_stream(slack: FakeSlack, args: dict) -> dict:
-    channel = args.get("channel")
-    return {"ok": True, "channel": channel, "ts": slack._post(channel, {"text": "", **args})["ts"]}
+    channel, thread_ts = args.get("channel"), args.get("thread_ts")
+    if not channel:
+        return {"ok": False, "error": "channel_not_found"}
+    if not thread_ts:
+        return {"ok": False, "error": "invalid_arguments"}
+    if not channel.startswith("D"):  # "Required when streaming to channels"
+        if not args.get("recipient_team_id"):
+            return {"ok": False, "error": "missing_recipient_team_id"}
+        if not args.get("recipient_user_id"):
+            return {"ok": False, "error": "missing_recipient_user_id"}
+    text = _stream_text(args)
+    msg = slack._post(channel, {"text": text, "thread_ts": thread_ts})
+    msg.update(streaming_state="in_progress", blocks=[{"type": "markdown", "text": text}])
+    return {"ok": True, "channel": channel, "ts": msg["ts"]}
+
+
+@_method("chat.appendStream")
+def _append_stream(slack: FakeSlack, args: dict) -> dict:
+    msg, error = _streaming(slack, args)
+    if msg is None:
+        return error or {}
+    text = _stream_text(args)
+    if not text and not args.get("chunks"):
+        return {"ok": False, "error": "no_text"}
+    _add_streamed(msg, text)
+    return {"ok": True, "channel": args["channel"], "ts": msg["ts"]}
+
+
+@_method("chat.stopStream")
+def _stop_stream(slack: FakeSlack, args: dict) -> dict:
+    msg, error = _streaming(slack, args)
+    if msg is None:
+        return error or {}
+    _add_streamed(msg, _stream_text(args))
+    msg["blocks"] = msg["blocks"][:1] + list(args.get("blocks") or [])  # "rendered at the bottom"
+    msg["streaming_state"] = "completed"
+    return {"ok": True, "channel": args["channel"], "ts": msg["ts"], "message": dict(msg)}
 
 
 class _Server(ThreadingHTTPServer):
@@ -580,8 +673,9 @@ def slash_command(
 
 def block_action(
     action_id: str, value: str, *, channel: str, message_ts: str, user: str = USER, thread_ts: str | None = None,
-    trigger_id: str | None = None,
+    trigger_id: str | None = None, element: str = "button",
 ) -> dict:
+    """A click on a block element: a button, or one of a feedback_buttons element's buttons (element=...)."""
     container = {"type": "message", "message_ts": message_ts, "channel_id": channel, "is_ephemeral": False}
     msg = {"type": "message", "user": BOT_USER_ID, "bot_id": BOT_ID, "ts": message_ts, "text": ""}
     if thread_ts:
@@ -598,7 +692,7 @@ def block_action(
         "message": msg,
         "response_url": "https://hooks.slack.test/actions/T0FAKE/1/fake",
         "actions": [{
-            "action_id": action_id, "block_id": "b-" + action_id, "value": value, "type": "button",
+            "action_id": action_id, "block_id": "b-" + action_id, "value": value, "type": element,
             "action_ts": f"{time.time():.6f}",
         }],
     }
