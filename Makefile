@@ -1,5 +1,5 @@
 # The two commands in README: `make run` (the main job) and `make test`. Both set everything up first.
-.PHONY: run test setup lint index bench clean
+.PHONY: run test test-fast setup lint index bench clean
 
 setup:
 	@scripts/setup.sh
@@ -10,6 +10,11 @@ run: setup
 test: setup
 	.venv/bin/ruff check bot training tests bench
 	.venv/bin/python -m pytest -q -p no:cacheprovider
+
+# Everything but the tests marked slow (the real model, training): about 1.5 min on 2 cores. `make test` runs all.
+test-fast: setup
+	.venv/bin/ruff check bot training tests bench
+	.venv/bin/python -m pytest -q -p no:cacheprovider -m "not slow"
 
 lint: setup
 	.venv/bin/ruff check bot training tests bench

@@ -16,9 +16,48 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 for var in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN", "DOMAINBOT_MODEL", "DOMAINBOT_DOMAINS"):
     os.environ.pop(var, None)
 
+from repo_guard import RepoGuard  # noqa: E402  (tests/, on sys.path beside this file)
+
 from bot.config import ROOT, Settings  # noqa: E402
 
 TEST_MAX_TOKENS = 24
+
+# `make test-fast` runs `-m "not slow"`. A test is slow when it loads the real model in this process (these
+# fixtures) or trains; tests that load the model another way carry @pytest.mark.slow themselves.
+SLOW_FIXTURES = {"runtime", "answerer", "tiny_base"}
+
+_guard = RepoGuard(ROOT)
+_WROTE = pytest.StashKey[list[str]]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+# ---------------------------------------------------------------- tests must not write into the repository
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _guard.start()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if session.config.option.collectonly:
+        return
+    session.config.stash[_WROTE] = found = _guard.violations()
+    if found and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    found = config.stash.get(_WROTE, [])
+    if found:
+        terminalreporter.section("tests wrote into the repository", sep="!", red=True, bold=True)
+        for line in found:
+            terminalreporter.line(line)
+        terminalreporter.line("Tests must write under tmp_path (tests/repo_guard.py); the session fails.")
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +82,7 @@ def built_indexes(base_settings) -> Path:
     retriever = Retriever(base_settings)
     for domain in discover(base_settings.domains_dir).domains.values():
         retriever.ensure_index(domain, progress=False)
+    _guard.bless("indexes")  # the one intended write into the repo: (re)building its git-ignored indexes
     return base_settings.indexes_dir
 
 

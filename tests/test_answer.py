@@ -1,3 +1,4 @@
+import json
 import re
 
 import pytest
@@ -10,6 +11,7 @@ from bot.errors import InputError, UserFacingError
 from bot.prompt import Passage, Turn
 from bot.retrieval.index import Retriever
 from bot.testing.lora import write_lora
+from bot.testing.recording import RecordingRuntime
 
 
 def test_domain_question_gets_cited_answer(answerer):
@@ -43,7 +45,8 @@ def test_unknown_domain_is_a_clear_error(answerer):
 
 
 def test_abstention_lists_domains(answerer):
-    ans = answerer.answer("book the meeting room for 3pm")
+    # Not one of the router's own negatives (router.CHITCHAT): a line from tests/data/heldout_routing.jsonl.
+    ans = answerer.answer("can we move the retro to Thursday")
     assert ans.kind == "abstain" and ans.domain is None
     assert "finance" in ans.text and "legal:" not in ans.text.split("\n")[0]
 
@@ -68,11 +71,22 @@ def test_channel_not_allowed(base_settings, built_indexes, runtime, embedder, do
     assert ans.kind == "not_allowed" and "#legal-help" in ans.text
 
 
-def test_history_and_given_passages_are_used(answerer):
+def test_history_and_given_passages_reach_the_model(answerer):
+    recorder = RecordingRuntime(answerer.runtime)
+    a = Answerer(answerer.settings, answerer.discovery, answerer.retriever, recorder, router=answerer.router)
     p = [Passage("x#0", "Zorblax policy", "The Zorblax fee is 42 dollars.", 1.0, "x")]
-    ans = answerer.answer(Question("How much is the Zorblax fee?", domain="finance", passages=p,
-                                   history=[Turn("user", "hi"), Turn("assistant", "hello")], adapter="base"))
+    history = [Turn("user", "Which account pays the Quuxly invoices?"),
+               Turn("assistant", "The Quuxly invoices are paid from account 7781.")]
+    ans = a.answer(Question("How much is the Zorblax fee?", domain="finance", passages=p, history=history,
+                            adapter="base"))
     assert [c.chunk_id for c in ans.citations] == ["x#0"] and ans.adapter == "base"
+    [sent] = recorder.prompts
+    # The earlier turns are in the prompt, in order, as their own roles, between the sources and the question.
+    assert sent[1:] == [{"role": "user", "content": "Which account pays the Quuxly invoices?"},
+                        {"role": "assistant", "content": "The Quuxly invoices are paid from account 7781."},
+                        {"role": "user", "content": "How much is the Zorblax fee?"}]
+    assert sent[0]["role"] == "system"
+    assert "[1] Zorblax policy\nThe Zorblax fee is 42 dollars." in sent[0]["content"]
 
 
 def test_citations_mark_referenced_passages():
@@ -118,9 +132,10 @@ def test_adapter_hot_reload_and_mismatch_falls_back_to_base(base_settings, built
         a.answer(Question(q, adapter="v7"))
 
 
-def test_router_learns_stored_reroutes(settings, runtime):
+def test_router_learns_stored_reroutes(settings, runtime, tmp_path):
     from bot.store.store import Store
 
+    settings = settings.with_(indexes_dir=tmp_path / "indexes")  # the learned fit goes here, not into the repo
     with Store.from_settings(settings) as store:
         xid = store.log_exchange(source="slack", question="quokka census numbers please", answer="", domain=None,
                                  kind="abstain", router_scores={}, chosen_by="none", citations=[], adapter="",
@@ -131,5 +146,7 @@ def test_router_learns_stored_reroutes(settings, runtime):
         assert "quokka census numbers please" in a.router.extra.get("finance", [])
         a.refit_router({"legal": ["quokka census numbers please"]})
         assert a.router.extra == {"legal": ["quokka census numbers please"]}
+        fit = json.loads((tmp_path / "indexes" / "router_fit.json").read_text())["fit"]
+        assert fit["extra_examples"] == {"legal": 1}
     finally:
         a.close()

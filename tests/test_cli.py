@@ -18,6 +18,7 @@ def env(settings, monkeypatch):
     return settings
 
 
+@pytest.mark.slow  # the real model (or an index rebuild) through the CLI
 def test_ask_json_routes_to_medical_and_cites(env, capsys):
     assert main(["ask", "What are the early symptoms of type 2 diabetes?", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -27,6 +28,7 @@ def test_ask_json_routes_to_medical_and_cites(env, capsys):
     assert {"retrieval_s", "first_token_s", "total_s"} <= set(out["timings"]) and out["adapter"]
 
 
+@pytest.mark.slow  # the real model (or an index rebuild) through the CLI
 def test_ask_is_logged_to_the_store(env, capsys):
     from bot.store.store import Store
 
@@ -77,6 +79,7 @@ def test_domains_lists_state_and_broken_manifests(env, capsys, monkeypatch, doma
     assert [r["domain"] for r in json.loads(capsys.readouterr().out)] == ["legal"]
 
 
+@pytest.mark.slow  # the real model (or an index rebuild) through the CLI
 def test_corrupt_index_is_rebuilt_on_use(env, capsys, monkeypatch, tmp_path):
     idx = tmp_path / "indexes"
     shutil.copytree(env.indexes_dir / "medical", idx / "medical")
@@ -93,6 +96,7 @@ def test_index_unknown_domain(env, capsys):
     assert "unknown domain" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the real model (or an index rebuild) through the CLI
 def test_chat_keeps_the_thread_domain_and_switches_when_another_is_clearly_meant(env):
     script = ("How is asthma treated?\nand how long is it?\n"
               "How much notice is needed to terminate the distribution agreement?\n/domain legal\n/quit\n")

@@ -1,3 +1,8 @@
+import json
+
+import pytest
+
+from bot.config import ROOT
 from bot.prompt import Passage, Turn, approx_tokens, build_messages
 
 
@@ -41,3 +46,39 @@ def test_history_keeps_newest_turns_first():
 def test_approx_tokens_is_monotonic():
     assert approx_tokens("") == 0
     assert approx_tokens("a" * 100) < approx_tokens("a" * 1000)
+
+
+def _finance_passages(n: int) -> list[Passage]:
+    """Real corpus rows: tables and figures tokenize far denser than plain words."""
+    with (ROOT / "domains" / "finance" / "docs" / "corpus.jsonl").open(encoding="utf-8") as f:
+        rows = [json.loads(next(f)) for _ in range(n)]
+    return [Passage(f"{r['id']}#0", r["title"], r["text"], 1.0, r["id"]) for r in rows]
+
+
+@pytest.mark.slow
+# 320: the Slack tests' budget; 512: the default. Measured: 185, 281, 500, 695, 1018 tokens sent. Below ~150
+# the finance system prompt and the shortest question already overrun (the system prompt is never cut).
+@pytest.mark.parametrize("budget", [200, 320, 512, 700, 1024])
+def test_the_prompt_the_model_receives_fits_the_budget(runtime, budget):
+    """Counted as llama.cpp counts what it is sent: the GGUF's chat template applied to the messages (as
+    llama-cpp-python's create_chat_completion does), then tokenized with the model's own vocabulary."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from bot.domains import discover
+
+    llm = runtime.llm
+    eos, bos = (llm.detokenize([t], special=True).decode() for t in (llm.token_eos(), llm.token_bos()))
+    template = Jinja2ChatFormatter(template=llm.metadata["tokenizer.chat_template"], eos_token=eos, bos_token=bos)
+    system = discover(ROOT / "domains").get("finance").system_prompt
+    question = "By how much did fixed-price sales change from 2018 to 2019, and what drove it? " * 40  # cut too
+    history = [Turn("user", "What were total sales in 2017 and 2018, by contract type? " * 8),
+               Turn("assistant", "Sales were $1,107.7 million in 2017 and $1,202.9 million in 2018 [1]. " * 6),
+               Turn("user", "And the cost-plus share?"),
+               Turn("assistant", "Other types were 44.1 in 2019 [1].")]
+    built = build_messages(system, question, _finance_passages(6), history, budget=budget,
+                           count=runtime.count_tokens)
+    sent = template(messages=built.messages)
+    tokens = llm.tokenize(sent.prompt.encode("utf-8"), add_bos=not sent.added_special, special=True)
+    assert sent.prompt.endswith("<|im_start|>assistant\n")  # the template really was applied
+    assert len(tokens) <= budget, (budget, len(tokens), built.tokens)
+    assert built.messages[-1]["role"] == "user" and built.messages[-1]["content"].endswith(" …")  # it was cut

@@ -1,5 +1,5 @@
-"""Two `domainbot serve --http` replicas sharing one SQLite store: a Slack retry that lands on the other
-replica is answered once. Real processes, real model, real SQLite; only Slack is faked."""
+"""Two `domainbot serve --http` replicas sharing one SQLite store: one event delivered to both at once is
+answered once. Real processes, real model, real SQLite; only Slack is faked."""
 
 from __future__ import annotations
 
@@ -113,28 +113,36 @@ def final_answers(slack: FakeSlack, thread_ts: str) -> list[dict]:
     return [m for m in mine if "▍" not in json.dumps(m) and "Searching" not in json.dumps(m)]
 
 
-def test_a_retry_delivered_to_the_other_replica_is_answered_once(cluster):
+def opened(slack: FakeSlack, thread_ts: str) -> list:
+    """Our replies opened in that thread: posted, or streamed natively."""
+    return [c for c in slack.calls() if c.method in ("chat.postMessage", "chat.startStream")
+            and c.args.get("thread_ts") == thread_ts]
+
+
+def test_one_event_delivered_to_both_replicas_at_once_is_answered_once(cluster):
     slack, (one, two), db = cluster
     ts = slack.add_message(CHANNEL, QUESTION)
     event = app_mention(QUESTION, ts=ts, event_id=new_event_id())
-    # Slack's first delivery goes to web.1; its retry (same event_id) reaches web.2 while web.1 still works.
+    # The same event reaches web.1 and web.2 at once, neither delivery marked as a retry: only the shared
+    # store's claim on the event_id can keep it to one answer (dropping retries would answer it twice).
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(post_event, one.url, event)
-        retry = pool.submit(post_event, two.url, event, retry_num=1)
-        assert first.result()[0] == 200 and retry.result()[0] == 200  # both ack: Slack must stop retrying
+        again = pool.submit(post_event, two.url, event)
+        assert first.result()[0] == 200 and again.result()[0] == 200  # both ack: Slack must stop retrying
     answered = slack.wait_for(lambda: final_answers(slack, ts), what="the answer")
 
-    # web.2 is alive and answers events of its own: its silence above was the shared UNIQUE key, not a crash.
+    # A retry header on an event web.2 has never seen is answered: it is new, whatever the header says. It also
+    # shows web.2 alive, so its silence above was the shared UNIQUE key, not a crash.
     ts2 = slack.add_message(CHANNEL, OTHER)
-    assert post_event(two.url, app_mention(OTHER, ts=ts2, event_id=new_event_id()))[0] == 200
-    slack.wait_for(lambda: final_answers(slack, ts2), what="web.2's own answer")
+    assert post_event(two.url, app_mention(OTHER, ts=ts2, event_id=new_event_id()), retry_num=1)[0] == 200
+    slack.wait_for(lambda: final_answers(slack, ts2), what="web.2's answer to a retried new event")
 
-    posts = [c for c in slack.calls("chat.postMessage") if c.args.get("thread_ts") == ts]
-    assert len(posts) == 1, f"expected one reply to the event, got {len(posts)}"
+    assert len(opened(slack, ts)) == 1, f"expected one reply to the event, got {len(opened(slack, ts))}"
     assert len(answered) == 1 and len(final_answers(slack, ts)) == 1
     with Store(db) as store:
         rows = [e for e in store.exchanges() if e["thread_ts"] == ts]
         assert len(rows) == 1 and rows[0]["domain"] == "medical"
+        assert [e["thread_ts"] for e in store.exchanges() if e["thread_ts"] == ts2] == [ts2]
         assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     for r in (one, two):
         assert "Traceback" not in r.log.read_text(), r.log.read_text()[-2000:]

@@ -1,7 +1,23 @@
+import json
+import re
+import tomllib
+from collections import Counter
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from bot.router import CHITCHAT, Router, decide, domain_scores, explicit_prefix, fit_threshold
+from bot.domains import discover
+from bot.router import (
+    CHITCHAT,
+    Router,
+    _anchor_texts,
+    _eval_questions,
+    decide,
+    domain_scores,
+    explicit_prefix,
+    fit_threshold,
+)
 
 NAMES = ["finance", "legal", "medical"]
 
@@ -40,8 +56,14 @@ def test_domain_scores_uses_best_anchors():
 
 
 @pytest.fixture(scope="module")
-def router(answerer):
-    return answerer.router
+def domains(base_settings):
+    return discover(base_settings.domains_dir).domains
+
+
+@pytest.fixture(scope="module")
+def router(domains, embedder, base_settings):
+    """As the app builds it (real manifests, real embedder, the default fit cached in indexes/): no model."""
+    return Router(domains, embedder.encode, cache_dir=base_settings.indexes_dir)
 
 
 IN_DOMAIN = {
@@ -75,10 +97,68 @@ def test_fit_is_reported_and_reasonable(router):
     assert router.fit.n_negative == len(CHITCHAT)
 
 
-def test_extra_examples_are_used(answerer, embedder, tmp_path):
-    base = Router(answerer.discovery.domains, embedder.encode, cache_dir=tmp_path)
+def test_extra_examples_are_used(domains, embedder, tmp_path):
+    base = Router(domains, embedder.encode, cache_dir=tmp_path)
     text = "quarterly quokka census numbers please"
-    more = Router(answerer.discovery.domains, embedder.encode, cache_dir=tmp_path,
-                  extra_examples={"finance": [text]})
+    more = Router(domains, embedder.encode, cache_dir=tmp_path, extra_examples={"finance": [text]})
     assert more.route(text).scores["finance"] > base.route(text).scores["finance"]
     assert more.fit.extra_examples == {"finance": 1}
+
+
+# ---------------------------------------------------------------- held-out questions (tests/data/)
+# Written for this test as a new employee would ask them, not taken from the manifests, the router's anchors,
+# its negatives (CHITCHAT) or the eval.jsonl questions it fits its threshold on; the first test checks that.
+
+HELDOUT = Path(__file__).parent / "data" / "heldout_routing.jsonl"
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
+
+
+@pytest.fixture(scope="module")
+def heldout() -> list[dict]:
+    return [json.loads(line) for line in HELDOUT.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_heldout_questions_are_new_to_the_router(heldout, domains, base_settings):
+    counts = Counter(row["domain"] for row in heldout)
+    assert set(counts) == {*NAMES, None} and min(counts[d] for d in NAMES) >= 15 and counts[None] >= 20
+    seen = set()
+    for toml in base_settings.domains_dir.glob("*/domain.toml"):  # the manifests as written, read directly
+        manifest = tomllib.loads(toml.read_text(encoding="utf-8"))
+        seen |= {manifest.get("description", ""), *manifest.get("examples", ()),
+                 *manifest.get("suggested_prompts", ())}
+    for d in domains.values():  # the router's anchors, and the eval questions it fits its threshold on
+        seen |= {*_anchor_texts(d, ()), *_eval_questions(d, limit=10_000)}
+        lines = d.eval_file.read_text(encoding="utf-8").splitlines()
+        rows = [json.loads(line) for line in lines if line.strip()]
+        seen |= {str(row.get("question", "")) for row in rows}
+    seen = {_norm(t) for t in seen | set(CHITCHAT) | {q for qs in IN_DOMAIN.values() for q in qs}} - {""}
+    reused = [row["question"] for row in heldout if _norm(row["question"]) in seen]
+    contained = [row["question"] for row in heldout if any(_norm(row["question"]) in t for t in seen)]
+    assert reused == [] and contained == []
+    assert len({_norm(row["question"]) for row in heldout}) == len(heldout)  # no duplicates within the set
+
+
+def test_heldout_domain_questions_route_to_their_domain(router, heldout):
+    asked = [row for row in heldout if row["domain"]]
+    got = {row["question"]: router.route(row["question"]).domain for row in asked}
+    misses = [(r["domain"], got[r["question"]], r["question"]) for r in asked
+              if got[r["question"]] != r["domain"]]
+    accuracy = 1 - len(misses) / len(asked)
+    per_domain = {d: sum(got[r["question"]] == d for r in asked if r["domain"] == d)
+                  / sum(r["domain"] == d for r in asked) for d in NAMES}
+    # Measured with all-MiniLM-L6-v2 and the shipped manifests: 45/45 (1.00), 15/15 in each domain. 0.90
+    # lets four of 45 slip before failing; a domain under 0.80 (4 of 15 lost) fails even if the others hold.
+    assert accuracy >= 0.90, misses
+    assert min(per_domain.values()) >= 0.80, (per_domain, misses)
+
+
+def test_heldout_chitchat_is_abstained_on(router, heldout):
+    lines = [row["question"] for row in heldout if row["domain"] is None]
+    claimed = [(q, r.domain, r.scores) for q in lines if (r := router.route(q)).domain is not None]
+    rate = 1 - len(claimed) / len(lines)
+    # Measured: 19/20 (0.95) abstained; the one claimed is "who's organizing the bake sale" (legal 0.243,
+    # finance 0.200; fitted threshold 0.217). 0.85 fails at the fourth claimed line of 20.
+    assert rate >= 0.85, claimed

@@ -37,12 +37,12 @@ def test_a_malformed_cap_is_refused_with_an_example(cap):
         train_config(_args("--cap", cap))
 
 
-def test_promoting_a_missing_version_is_a_message_and_changes_nothing(capsys):
+def test_promoting_a_missing_version_is_a_message_and_changes_nothing(capsys, domains_copy, monkeypatch):
     from bot.cli import main
-    from bot.config import ROOT
 
-    pointer = ROOT / "domains" / "finance" / "adapters" / "current"
-    before = pointer.read_text()
+    monkeypatch.setenv("DOMAINBOT_DOMAINS_DIR", str(domains_copy))  # a copy: never the shipped adapters
+    adapters = domains_copy / "finance" / "adapters"
+    before = {p.relative_to(adapters): p.read_bytes() for p in adapters.rglob("*") if p.is_file()}
     assert main(["promote", "finance", "v99"]) == 2
-    assert "domainbot: no adapter v99 in " in capsys.readouterr().err
-    assert pointer.read_text() == before
+    assert f"domainbot: no adapter v99 in {adapters}" in capsys.readouterr().err
+    assert {p.relative_to(adapters): p.read_bytes() for p in adapters.rglob("*") if p.is_file()} == before
