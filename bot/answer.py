@@ -42,6 +42,18 @@ class Citation:
     url: str | None = None
     score: float = 0.0
     cited: bool = False  # the answer text refers to [n]
+    file: str | None = None  # a document file's name (docs/*.pdf, .docx, .md, ...); None for a corpus row
+    page: int | None = None  # 1-based page of a PDF
+    heading: str | None = None  # heading path of a Markdown or HTML section, "Guide > Weekends"
+
+    @property
+    def label(self) -> str:
+        """How a source is named to a reader: "Master Services Agreement.pdf, p. 14", "guide.md, Parking > Zones",
+        or a corpus row's title."""
+        if not self.file:
+            return self.title.strip() or self.doc_id or self.chunk_id
+        where = f"p. {self.page}" if self.page else self.heading
+        return f"{self.file}, {where}" if where else self.file
 
 
 @dataclass(frozen=True)
@@ -122,11 +134,16 @@ def citations_for(text: str, passages: Sequence[Passage], used: Sequence[int] | 
     order = list(used) if used is not None else list(dict.fromkeys(int(m) for m in _CITE.findall(text)))
     order = [n for n in order if 1 <= n <= len(passages)]
     rest = [n for n in range(1, len(passages) + 1) if n not in order]
-    return [
-        Citation(n, passages[n - 1].chunk_id, passages[n - 1].title, passages[n - 1].doc_id,
-                 passages[n - 1].metadata.get("url"), passages[n - 1].score, n in order)
-        for n in order + rest
-    ]
+    return [_citation(n, passages[n - 1], n in order) for n in order + rest]
+
+
+def _citation(n: int, p: Passage, cited: bool) -> Citation:
+    meta = p.metadata
+    page = meta.get("page")
+    return Citation(n, p.chunk_id, p.title, p.doc_id, meta.get("url"), p.score, cited,
+                    file=str(meta["file"]) if meta.get("file") else None,
+                    page=page if isinstance(page, int) and not isinstance(page, bool) else None,
+                    heading=str(meta["heading"]) if meta.get("heading") else None)
 
 
 _POLAR = re.compile(r"^\s*(is|are|was|were|does|do|did|can|could|may|might|must|shall|should|will|would|has|have|had)\b",
@@ -172,11 +189,13 @@ class Answerer:
     def __init__(self, settings: Settings, discovery: Discovery, retriever: Retriever, runtime: Runtime | None = None,
                  router: Router | None = None):
         self.settings = settings
-        self.discovery = discovery
         self.retriever = retriever
         self._runtime = runtime
         self._runtime_lock = threading.Lock()
-        self._router = router
+        # What is served, swapped whole by live reload (bot/reload.py): an answer takes one snapshot and finishes
+        # on it, so it never routes on one set of domains and answers from another.
+        self._serving: tuple[Discovery, Router | None] = (discovery, router)
+        self._router_lock = threading.RLock()  # one router build at a time: first use, reroute refits, reloads
         self._adapter_state: dict[str, tuple[tuple[str, float], str | None]] = {}
         self._adapter_lock = threading.Lock()
         self._extra_router_examples: dict[str, list[str]] = {}
@@ -204,14 +223,29 @@ class Answerer:
                     self._runtime = make_runtime(self.settings)
         return self._runtime
 
-    # -------- routing
+    # -------- what is served: the domains and their router
+
+    @property
+    def discovery(self) -> Discovery:
+        return self._serving[0]
 
     @property
     def router(self) -> Router:
-        if self._router is None:
-            self._router = Router(self.discovery.domains, self.retriever.embedder.encode,
-                                  cache_dir=self.settings.indexes_dir, extra_examples=self._extra_router_examples)
-        return self._router
+        return self._snapshot()[1]
+
+    def _snapshot(self) -> tuple[Discovery, Router]:
+        """The domains and the router fitted on them, read together (the router is fitted on first use)."""
+        while True:
+            discovery, router = self._serving
+            if router is not None:
+                return discovery, router
+            with self._router_lock:
+                if self._serving[1] is None:
+                    self._serving = (self._serving[0], self._new_router(self._serving[0]))
+
+    def _new_router(self, discovery: Discovery) -> Router:
+        return Router(discovery.domains, self.retriever.embedder.encode, cache_dir=self.settings.indexes_dir,
+                      extra_examples=self._extra_router_examples)
 
     def refit_router(self, extra_examples: dict[str, list[str]], background: bool = False) -> Router | None:
         """Rebuild the router with extra examples (reroute feedback). In the background, the old router keeps
@@ -219,23 +253,32 @@ class Answerer:
         self._extra_router_examples = dict(extra_examples)
 
         def build() -> Router:
-            router = Router(self.discovery.domains, self.retriever.embedder.encode,
-                            cache_dir=self.settings.indexes_dir, extra_examples=self._extra_router_examples)
-            self._router = router
-            return router
+            with self._router_lock:  # a reload meanwhile would fit on domains this swap then overwrites
+                discovery = self._serving[0]
+                router = self._new_router(discovery)
+                self._serving = (discovery, router)
+                return router
 
         if background:
             threading.Thread(target=build, name="router-refit", daemon=True).start()
             return None
         return build()
 
+    def serve_domains(self, discovery: Discovery, *, refit_router: bool) -> None:
+        """Serve another set of domains (live reload) without a restart. The router is refitted first when the set
+        or its descriptions and examples changed, then both swap in one step; answers already running finish on
+        the snapshot they took."""
+        with self._router_lock:
+            router = self._serving[1]
+            if refit_router and router is not None:  # never fitted yet: the first answer fits it on the new set
+                router = self._new_router(discovery)
+            self._serving = (discovery, router)
+
     def domain(self, name: str) -> Domain:
         return self.discovery.get(name)  # UnknownDomain is a UserFacingError naming the known domains
 
     def route(self, question: str, domain: str | None = None) -> RouteResult:
-        if domain is not None:
-            self.domain(domain)
-        return self.router.route(question, explicit=domain)
+        return _route_on(*self._snapshot(), question, domain)
 
     def route_follow_up(self, question: str, thread_domain: str) -> RouteResult:
         """A follow-up keeps its thread's domain unless it names one or the router clearly prefers another
@@ -286,11 +329,12 @@ class Answerer:
         question with nothing else known about it."""
         q = question if isinstance(question, Question) else Question(question)
         t0 = time.perf_counter()
-        route = q.route or self.route(policy.clean_question(q.text), q.domain)
+        discovery, router = self._snapshot()  # a live reload meanwhile does not change this answer's domains
+        route = q.route or _route_on(discovery, router, policy.clean_question(q.text), q.domain)
         if route.domain is None:
-            return Answer(policy.no_domain_message(list(self.discovery.domains.values())), None, route, kind="abstain",
+            return Answer(policy.no_domain_message(list(discovery.domains.values())), None, route, kind="abstain",
                           timings={"total_s": time.perf_counter() - t0})
-        dom = self.domain(route.domain)
+        dom = discovery.get(route.domain)
         verdict = policy.check(dom, route.question, q.place.channel, q.place.channel_name, q.place.is_dm)
         if verdict.kind != "ok":
             kind = {"refuse": "refused"}.get(verdict.kind, verdict.kind)
@@ -349,6 +393,12 @@ class Answerer:
     def close(self) -> None:
         if self._runtime is not None:
             self._runtime.close()
+
+
+def _route_on(discovery: Discovery, router: Router, question: str, domain: str | None) -> RouteResult:
+    if domain is not None:
+        discovery.get(domain)  # UnknownDomain names the known domains
+    return router.route(question, explicit=domain)
 
 
 def warm_indexes(answerer: Answerer) -> None:

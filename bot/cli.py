@@ -12,7 +12,7 @@ from pathlib import Path
 from bot.config import ConfigError, load_settings
 from bot.errors import UserFacingError, new_error_id
 
-COMMAND_MODULES = ("bot.commands", "bot.slack.cli", "training.cli", "training.feedback_cli")
+COMMAND_MODULES = ("bot.commands", "bot.domain_cli", "bot.slack.cli", "training.cli", "training.feedback_cli")
 log = logging.getLogger("domainbot")
 
 

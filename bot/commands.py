@@ -40,7 +40,8 @@ def render_trailer(answer: Answer, *, with_sources: bool = True) -> list[str]:
     if with_sources and answer.citations:
         used = [c for c in answer.citations if c.cited]
         shown = used or answer.citations
-        lines = [f"  [{c.n}] {c.title}  ({c.chunk_id})" for c in shown]
+        # a document file is named by file and page or section; a corpus row by title and chunk id
+        lines = [f"  [{c.n}] {c.label}" if c.file else f"  [{c.n}] {c.title}  ({c.chunk_id})" for c in shown]
         if used and len(used) < len(answer.citations):
             lines.append(f"  (also searched: {', '.join(f'[{c.n}]' for c in answer.citations if not c.cited)})")
         parts.append("Sources:\n" + "\n".join(lines))
@@ -115,11 +116,18 @@ Start a question with `legal:` (or any domain name) to pick its domain."""
 
 
 def cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.reload import watching
+
+    answerer = _answerer(settings)
+    with watching(answerer):  # a new or edited plugin folder is picked up without leaving the chat
+        return _chat(args, settings, answerer)
+
+
+def _chat(args: argparse.Namespace, settings: Settings, answerer) -> int:
     from bot.answer import Question
     from bot.errors import UserFacingError
     from bot.prompt import Turn
 
-    answerer = _answerer(settings)
     names = ", ".join(answerer.discovery.domains) or "none"
     print(f"Domainbot local chat (domains: {names}; model: {answerer.runtime.model_path.name}).")
     if not settings.slack_configured:
@@ -152,7 +160,7 @@ def cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
                 pinned = choice
                 print(f"(pinned to {choice})")
             else:
-                print(f"unknown domain {choice!r}; known: {names}")
+                print(f"unknown domain {choice!r}; known: {', '.join(answerer.discovery.domains) or 'none'}")
             continue
         try:
             print("bot> ", end="", flush=True)
@@ -230,8 +238,8 @@ def cmd_index(args: argparse.Namespace, settings: Settings) -> int:
         raise UserFacingError(found.errors.get(args.domain) or f"unknown domain {args.domain!r}")
     retriever = Retriever(settings)
     for name in names:
-        outcome = retriever.ensure_index(found.domains[name], progress=True, force=args.force)
-        print(f"{name}: {outcome}")
+        report = retriever.refresh(found.domains[name], progress=True, force=args.force, log_skipped=False)
+        print("\n".join(report.lines()))  # what changed per file, and each file skipped with why
     return 0
 
 
@@ -285,7 +293,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("index", help="build or refresh FAISS indexes (only when the docs changed)")
     p.add_argument("domain", nargs="?")
-    p.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    p.add_argument("--force", action="store_true", help="rebuild and re-embed every chunk, even if up to date")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("bench", help="run a benchmark from bench/ (default: serve)")

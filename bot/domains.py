@@ -45,6 +45,7 @@ class Domain:
     suggested_prompts: tuple[str, ...] = ()
     tasks: dict[str, dict] = field(default_factory=dict)
     label: str = ""  # display name, e.g. "Legal"
+    docs_url: str = ""  # where the files of docs/ are published; citations link to <docs_url>/<file>#page=N
 
     @property
     def docs_dir(self) -> Path:
@@ -160,7 +161,22 @@ def parse_manifest(folder: Path) -> Domain:
         owner=str(data.get("owner", "")),
         suggested_prompts=_str_list(data, "suggested_prompts", name, default=list(examples[:3])),
         tasks=tasks,
+        docs_url=_docs_url(data, name),
     )
+
+
+def _docs_url(data: dict, folder: str) -> str:
+    value = data.get("docs_url", "")
+    if not isinstance(value, str) or (value.strip() and not re.match(r"^https?://[^\s/]+", value.strip())):
+        raise ManifestError(f"{folder}: `docs_url` must be an http(s) URL such as \"https://wiki.example.com/legal\"")
+    return value.strip()
+
+
+def plugin_folders(domains_dir: Path) -> list[Path]:
+    """The folders that may hold a plugin: hidden ones and `_template`-style ones (`_` first) are skipped."""
+    if not domains_dir.is_dir():
+        return []
+    return sorted(p for p in domains_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
 
 
 def discover(domains_dir: Path, allowlist: Iterable[str] = ()) -> Discovery:
@@ -170,7 +186,7 @@ def discover(domains_dir: Path, allowlist: Iterable[str] = ()) -> Discovery:
     errors: dict[str, str] = {}
     if not domains_dir.is_dir():
         return Discovery(found, {"<domains>": f"domains folder not found: {domains_dir}"})
-    for folder in sorted(p for p in domains_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+    for folder in plugin_folders(domains_dir):
         if allow and folder.name not in allow:
             continue
         if not (folder / "domain.toml").exists():

@@ -2,7 +2,9 @@
 
 Index files are `index.faiss` (faiss's own format) and `chunks.jsonl` (plain JSON): nothing is ever
 unpickled. `manifest.json` records the docs hash, the embedding model, the chunking and a sha256 of each
-file; a file whose hash does not match is never loaded, and the index is rebuilt instead.
+file; a file whose hash does not match is never loaded, and the index is rebuilt instead. It also records
+each document's sha256 and the files skipped (with why). A rebuild embeds only chunks whose text is new
+(see `incremental.py`); documents are read by `loaders.py` (PDF, DOCX, HTML, Markdown, text, JSONL rows).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import faiss
 import numpy as np
@@ -29,78 +32,49 @@ from bot.errors import IndexError_
 from bot.prompt import Passage
 from bot.retrieval.bm25 import BM25, terms
 from bot.retrieval.embeddings import Embedder, get_embedder
+from bot.retrieval.incremental import IndexReport, chunk_key, diff_sources, embed_text, previous_index
+from bot.retrieval.loaders import SUPPORTED, Doc, docs_files, load_folder
 
 log = logging.getLogger(__name__)
 
-INDEX_FORMAT = 2
+__all__ = ["Doc", "IndexReport", "Retriever", "chunk_doc", "docs_hash", "load_docs"]
+
+INDEX_FORMAT = 3  # 3: documents other than JSONL rows, with their page or heading path
 RRF_K = 60
 NAMED_SHARE = 0.8  # a chunk's title matches the question's name if it scores this share of the best title
 NAMED_MAX_CHUNKS = 40  # more matches than this is a topic word (e.g. "agreement"), not a name
 
 
-@dataclass(frozen=True)
-class Doc:
-    id: str
-    title: str
-    text: str
-    metadata: dict = field(default_factory=dict)
-
-
 # ---------------------------------------------------------------- documents
-
-
-def _docs_files(docs_dir: Path) -> list[Path]:
-    if not docs_dir.is_dir():
-        return []
-    return sorted(p for p in docs_dir.rglob("*") if p.is_file() and p.suffix in (".jsonl", ".md", ".txt"))
 
 
 def docs_hash(docs_dir: Path) -> str:
     h = hashlib.sha256()
-    for path in _docs_files(docs_dir):
+    for path in docs_files(docs_dir):
         h.update(str(path.relative_to(docs_dir)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()
 
 
-def _jsonl_docs(path: Path) -> Iterator[Doc]:
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            doc_id, text = str(row["id"]), str(row["text"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise IndexError_(f"{path}:{n}: each docs row needs JSON with `id` and `text` ({exc})") from exc
-        meta = {k: v for k, v in row.items() if k not in ("id", "title", "text") and isinstance(v, str | int | float)}
-        yield Doc(doc_id, str(row.get("title") or doc_id), text, meta)
-
-
-def _text_doc(path: Path, docs_dir: Path) -> Doc:
-    text = path.read_text(encoding="utf-8", errors="replace")
-    first = text.lstrip().splitlines()[0] if text.strip() else path.stem
-    title = first.lstrip("# ").strip() if first.startswith("#") else path.stem.replace("-", " ").replace("_", " ")
-    return Doc(str(path.relative_to(docs_dir)), title, text, {"file": path.name})
-
-
 def load_docs(domain: Domain) -> list[Doc]:
-    """Every document of a domain: rows of `docs/*.jsonl`, and one doc per `docs/*.md|txt` file."""
-    docs: list[Doc] = []
-    for path in _docs_files(domain.docs_dir):
-        if path.suffix == ".jsonl":
-            docs.extend(_jsonl_docs(path))
-        else:
-            docs.append(_text_doc(path, domain.docs_dir))
-    return docs
+    """Every readable document of a domain (rows of `docs/*.jsonl`, pages of PDFs, sections of Markdown and HTML,
+    DOCX and text files); files that cannot be read are skipped (`load_folder` says why)."""
+    return load_folder(domain.docs_dir).docs
 
 
-def chunk_doc(doc: Doc, tokenizer, size: int, overlap: int) -> list[Passage]:
-    """Split on embedding-model tokens so each chunk fits the encoder; keep the original text spans."""
+def source_url(base: str, doc_id: str, page: int | None = None) -> str:
+    """A document's link under the domain's `docs_url`; a PDF's opens at the page (the #page= open parameter)."""
+    return f"{base.rstrip('/')}/{quote(doc_id)}" + (f"#page={page}" if page else "")
+
+
+def chunk_doc(doc: Doc, tokenizer, size: int, overlap: int, first: int = 0) -> list[Passage]:
+    """Split on embedding-model tokens so each chunk fits the encoder; keep the original text spans.
+    `first` numbers the chunks on from an earlier page or section of the same document."""
     enc = tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     offsets = enc["offset_mapping"]
     if len(offsets) <= size:
-        return [Passage(f"{doc.id}#0", doc.title, doc.text.strip(), 0.0, doc.id, doc.metadata)]
-    chunks, start, n = [], 0, 0
+        return [Passage(f"{doc.id}#{first}", doc.title, doc.text.strip(), 0.0, doc.id, doc.metadata)]
+    chunks, start, n = [], 0, first
     step = max(1, size - overlap)
     while start < len(offsets):
         end = min(start + size, len(offsets))
@@ -250,26 +224,45 @@ class Retriever:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def build(self, domain: Domain, progress: bool = True) -> dict:
-        docs = load_docs(domain)
-        if not docs:
-            raise IndexError_(f"{domain.name}: no documents in {domain.docs_dir} (add .jsonl, .md or .txt files)")
+    def _chunks(self, docs: list[Doc], domain: Domain, progress: bool) -> list[Passage]:
         tok = self.embedder.tokenizer
         size = min(self.settings.chunk_tokens, self.embedder.max_seq_length - 16)
         chunks: list[Passage] = []
+        numbered: dict[str, int] = {}  # the pages or sections of one file number their chunks on
         for doc in tqdm(docs, desc=f"chunk {domain.name}", unit="doc", disable=not progress, leave=False):
-            chunks.extend(chunk_doc(doc, tok, size, self.settings.chunk_overlap))
-        vectors = []
+            part = chunk_doc(doc, tok, size, self.settings.chunk_overlap, first=numbered.get(doc.id, 0))
+            numbered[doc.id] = numbered.get(doc.id, 0) + len(part)
+            chunks.extend(part)
+        return chunks
+
+    def _embed(self, texts: list[str], domain: Domain, progress: bool) -> np.ndarray:
+        vectors = [np.zeros((0, self.embedder.dim), dtype=np.float32)]
         batch = 256
-        with tqdm(total=len(chunks), desc=f"embed {domain.name}", unit="chunk", disable=not progress) as bar:
-            for i in range(0, len(chunks), batch):
-                part = chunks[i : i + batch]
-                vectors.append(self.embedder.encode([f"{c.title}\n{c.text}" for c in part]))
-                bar.update(len(part))
-        matrix = np.vstack(vectors)
+        with tqdm(total=len(texts), desc=f"embed {domain.name}", unit="chunk", disable=not progress) as bar:
+            for i in range(0, len(texts), batch):
+                vectors.append(self.embedder.encode(texts[i : i + batch]))
+                bar.update(len(texts[i : i + batch]))
+        return np.vstack(vectors).astype(np.float32, copy=False)
+
+    def build(self, domain: Domain, progress: bool = True, reuse: bool = True) -> dict:
+        """Read the docs, chunk them, embed the chunks not in the previous index (all of them if not `reuse`),
+        and swap the new index in. A file that cannot be read is skipped and logged; the rest still indexes."""
+        expected = self._expected(domain)  # before reading: a file changed meanwhile makes the index stale
+        folder = load_folder(domain.docs_dir)
+        if not folder.docs:
+            skipped = "; ".join(folder.skipped.values())
+            raise IndexError_(f"{domain.name}: no documents in {domain.docs_dir} (add {', '.join(SUPPORTED)} files)"
+                              + (f"; skipped {skipped}" if skipped else ""))
+        chunks = self._chunks(folder.docs, domain, progress)
+        target = self.index_dir(domain)
+        previous = previous_index(target, self.embedder.fingerprint())
+        cached = previous.vectors if reuse else {}
+        keys = [chunk_key(c) for c in chunks]
+        todo = {k: embed_text(c) for k, c in zip(keys, chunks, strict=True) if k not in cached}
+        fresh = dict(zip(todo, self._embed(list(todo.values()), domain, progress), strict=True))
+        matrix = np.vstack([fresh[k] if k in fresh else cached[k] for k in keys]).astype(np.float32, copy=False)
         index = _make_faiss(matrix, self.settings.hnsw_above)
 
-        target = self.index_dir(domain)
         tmp = target.with_name(f".{domain.name}.building")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -279,13 +272,20 @@ class Retriever:
                 row = {"chunk_id": c.chunk_id, "doc_id": c.doc_id, "title": c.title, "text": c.text, "meta": c.metadata}
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         manifest = {
-            **self._expected(domain),
+            **expected,
             "domain": domain.name,
-            "n_docs": len(docs),
+            "n_docs": len(folder.docs),
             "n_chunks": len(chunks),
             "index_type": type(index).__name__,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "files": {name: _sha256(tmp / name) for name in ("index.faiss", "chunks.jsonl")},
+            "sources": folder.sources,
+            "skipped": folder.skipped,
+            "changes": {
+                **diff_sources(previous.manifest.get("sources", {}), folder.sources),
+                "embedded": len(todo),
+                "reused": sum(k not in fresh for k in keys),
+            },
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         old = target.with_name(f".{domain.name}.old")
@@ -297,19 +297,33 @@ class Retriever:
         self._loaded.pop(domain.name, None)
         return manifest
 
-    def ensure_index(self, domain: Domain, progress: bool = False, force: bool = False) -> str:
-        """Build the index if it is missing, stale or corrupt. Returns what was done."""
+    def refresh(self, domain: Domain, progress: bool = False, force: bool = False, log_skipped: bool = True) -> IndexReport:
+        """Build the index if it is missing, stale or corrupt, re-embedding only new or changed chunks (`force`:
+        rebuild and re-embed everything). The report says which files changed and which were skipped; a build
+        also logs the skipped files unless the caller prints the report (`log_skipped=False`)."""
         state = self.status(domain)
         if state == "ready" and not force:
-            return "up to date"
+            return IndexReport.from_manifest(domain.name, "up to date", self._manifest(domain), built=False)
         with self._build_lock(domain):
             state = self.status(domain)  # another process may have built it meanwhile
             if state == "ready" and not force:
-                return "up to date"
+                return IndexReport.from_manifest(domain.name, "up to date", self._manifest(domain), built=False)
             if state == "corrupt":
                 log.warning("index for %s is corrupt; rebuilding it", domain.name)
-            self.build(domain, progress=progress)
-        return f"built ({state})" if not force else "rebuilt"
+            manifest = self.build(domain, progress=progress, reuse=not force)
+        for message in manifest["skipped"].values() if log_skipped else ():
+            log.warning("%s: skipped %s", domain.name, message)
+        return IndexReport.from_manifest(domain.name, "rebuilt" if force else f"built ({state})", manifest, built=True)
+
+    def ensure_index(self, domain: Domain, progress: bool = False, force: bool = False) -> str:
+        """Build the index if it is missing, stale or corrupt. Returns what was done."""
+        return self.refresh(domain, progress=progress, force=force).action
+
+    def _manifest(self, domain: Domain) -> dict:
+        try:
+            return json.loads((self.index_dir(domain) / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return {}
 
     # -------- load and search
 
@@ -339,6 +353,13 @@ class Retriever:
             loaded.store = _as_langchain(loaded, self.embedder)
             self._loaded[domain.name] = loaded
             return loaded
+
+    @staticmethod
+    def _linked(domain: Domain, chunk: Passage) -> dict:
+        """A file's chunk gets its link under the domain's `docs_url` (read now, so changing it needs no rebuild)."""
+        if not domain.docs_url or "file" not in chunk.metadata or "url" in chunk.metadata:
+            return chunk.metadata
+        return {**chunk.metadata, "url": source_url(domain.docs_url, chunk.doc_id, chunk.metadata.get("page"))}
 
     def search(self, domain: Domain, query: str, k: int | None = None, min_score: float | None = None) -> list[Passage]:
         """Hybrid search: dense (MiniLM + FAISS) fused with BM25 by reciprocal rank, plus, when the question names
@@ -370,7 +391,7 @@ class Retriever:
             if cosine[i] < floor and i not in lexical_top:
                 continue
             c = loaded.chunks[i]
-            out.append(Passage(c.chunk_id, c.title, c.text, round(cosine[i], 4), c.doc_id, c.metadata))
+            out.append(Passage(c.chunk_id, c.title, c.text, round(cosine[i], 4), c.doc_id, self._linked(domain, c)))
             if len(out) == k:
                 break
         return out

@@ -82,6 +82,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.port is not None:
         settings = settings.with_(port=args.port)
     from bot.answer import Answerer, warm_indexes
+    from bot.reload import watching
     from bot.slack.app import build
     from bot.store.store import Store
 
@@ -91,7 +92,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         warm_indexes(answerer)  # not the model: a remote backend may still be starting
         app, ctx = build(settings, answerer, store)
         try:
-            RUNNERS[args.mode](app, settings, args.host)
+            with watching(answerer):  # new or edited plugin folders are served without a restart
+                RUNNERS[args.mode](app, settings, args.host)
         finally:
             ctx.close()
     finally:
