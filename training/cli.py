@@ -43,6 +43,10 @@ def register(sub) -> None:
     p.add_argument("--no-publish", action="store_true",
                    help="stop after training and write the run's result.json (publish later with `domainbot publish`, "
                         "e.g. when the GPU box has no llama.cpp)")
+    p.add_argument("--mode", choices=("auto", "sft", "cpt"), default="auto",
+                   help="sft: train.jsonl examples; cpt: continued pretraining on docs/ alone, judged by held-out "
+                        "perplexity (auto: cpt when the domain has documents but no train.jsonl)")
+    p.add_argument("--seq-len", type=int, help="cpt: tokens per document window (default 512)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("publish", help="export, verify and version a run trained with --no-publish")
@@ -104,7 +108,7 @@ def train_config(args: argparse.Namespace):
                       max_steps=args.max_steps, max_examples=args.max_examples, task_caps=parse_caps(args.cap),
                       task_balance=tuple(args.balance),
                       extra_files=tuple(args.extra_file), base_model=args.base_model, warm_start=args.warm_start)
-    for name in ("epochs", "rank", "alpha", "lr", "batch_size", "micro_tokens"):
+    for name in ("epochs", "rank", "alpha", "lr", "batch_size", "micro_tokens", "seq_len"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     return cfg
@@ -114,10 +118,11 @@ def train_command(args: argparse.Namespace) -> str:
     """The command line that reproduces this run (recorded in meta.json)."""
     flags = {"max_steps": "--max-steps", "max_examples": "--max-examples", "epochs": "--epochs", "rank": "--rank",
              "alpha": "--alpha", "lr": "--lr", "batch_size": "--batch-size", "base_model": "--base-model",
-             "warm_start": "--warm-start", "merged": "--merged", "micro_tokens": "--micro-tokens"}
+             "warm_start": "--warm-start", "merged": "--merged", "micro_tokens": "--micro-tokens",
+             "seq_len": "--seq-len"}
     parts = ["domainbot", "train", args.domain]
     parts += [f"--extra-file {shlex.quote(f)}" for f in args.extra_file] + [f"--cap {c}" for c in args.cap]
-    parts += [f"--balance {t}" for t in args.balance]
+    parts += [f"--balance {t}" for t in args.balance] + ([f"--mode {args.mode}"] if args.mode != "auto" else [])
     parts += [f"{flag} {shlex.quote(str(getattr(args, k)))}" for k, flag in flags.items() if getattr(args, k) is not None]
     parts += [f"--seed {args.seed}", f"--threads {args.threads}"] + ([f"--device {args.device}"] if args.device != "auto" else [])
     parts += [flag for k, flag in (("no_bf16", "--no-bf16"), ("no_peft", "--no-peft"), ("promote", "--promote")) if getattr(args, k)]
@@ -125,17 +130,29 @@ def train_command(args: argparse.Namespace) -> str:
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from training import cpt
     from training.export import publish
     from training.finetune import config_examples, load_base, served_gguf, train
     from training.runs import save_run
 
     domain = resolve_domain(args.domain, settings)
     cfg = train_config(args)
+    cfg.mode = cpt.pick_mode(domain, args.mode, cfg.extra_files)  # a clear error when there is nothing to train on
     base = Path(cfg.base_model) if cfg.base_model else served_gguf(settings)
     if base.suffix != ".gguf":
         raise UserFacingError("export needs the served GGUF as the base; train on an HF model with the Python API")
-    examples = config_examples(domain, cfg, settings, load_base(base)[1])
-    print(f"{domain.name}: {len(examples)} examples, rank {cfg.rank}, lr {cfg.lr}, batch {cfg.batch_size}, seed {cfg.seed}")
+    model, tokenizer = load_base(base)
+    split = None
+    if cfg.mode == "cpt":
+        split = cpt.prepare(domain, tokenizer, seq_len=cfg.seq_len, seed=cfg.seed,
+                            max_len=model.config.max_position_embeddings)
+        print(cpt.why(domain, split))
+        examples = split.train[: cfg.max_examples] if cfg.max_examples else split.train  # as config_examples
+        cfg.micro_tokens = cfg.micro_tokens if args.micro_tokens else cpt.MICRO_TOKENS
+    else:
+        examples = config_examples(domain, cfg, settings, tokenizer)
+    unit = "windows" if split else "examples"
+    print(f"{domain.name}: {len(examples)} {unit}, rank {cfg.rank}, lr {cfg.lr}, batch {cfg.batch_size}, seed {cfg.seed}")
     result = train(domain, cfg, examples, settings=settings, resume=not args.fresh)
     if result.rank:  # under `accelerate launch`: rank 0 exports, verifies and publishes
         return 0
@@ -149,19 +166,32 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     version = publish(result, examples, adapters_dir=domain.adapters_dir, base_gguf=base, keep_peft=not args.no_peft,
                       threads=cfg.threads, command=command, merged=args.merged)
-    _published(domain.name, version, args.promote)
+    _published(domain, version, args.promote, settings, base, split)
     return 0
 
 
-def _published(domain: str, version, promote: bool) -> None:
+def _published(domain, version, promote: bool, settings: Settings, base: Path, split=None) -> None:
+    """Report the export; a cpt version is judged by held-out perplexity first and promoted only if it passes."""
     report = version.meta.get("verify", {})
     print(f"exported {version.gguf} ({version.gguf.stat().st_size / 1e6:.1f} MB); verified: llama.cpp and "
           f"transformers agree on {report.get('agreement', 0):.1%} of top-1 tokens")
+    next_step = f"domainbot eval {domain.name} --adapter {version.version}; "
+    if (version.meta.get("hyperparameters") or {}).get("mode") == "cpt":
+        from training import perplexity
+
+        record = perplexity.judge(domain, version, base_gguf=base, margin=settings.gate_margin,
+                                  by="domainbot train", split=split)
+        print(perplexity.table(record, version.version))
+        if not record["gate"]["passed"]:
+            print(f"{domain.name}: {version.version} {'was not promoted' if promote else 'is not live'}: its gate "
+                  f'failed. To promote it anyway: domainbot promote {domain.name} {version.version} --force --reason "why"')
+            return
+        next_step = ""
     if promote:
         store.promote(version.path.parent, version.version)
-        print(f"{domain}: {version.version} is now live")
+        print(f"{domain.name}: {version.version} is now live")
     else:
-        print(f"next: domainbot eval {domain} --adapter {version.version}; domainbot promote {domain} {version.version}")
+        print(f"next: {next_step}domainbot promote {domain.name} {version.version}")
 
 
 def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
@@ -172,15 +202,18 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     result, examples, command = load_run(args.run, domain, settings)
     version = publish(result, examples, adapters_dir=domain.adapters_dir, base_gguf=Path(result.base_model),
                       threads=args.threads, command=command)
-    _published(domain.name, version, args.promote)
+    _published(domain, version, args.promote, settings, Path(result.base_model))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     from bot.answer import Answerer
+    from training import perplexity
     from training.evaluate import evaluate, record_metrics, save_results, table
 
     domain = resolve_domain(args.domain, settings)
+    if not args.retrieval_only and perplexity.docs_only(domain):  # trained from documents: no eval.jsonl to score
+        return perplexity.eval_command(domain, args.adapter or "current", settings)
     if args.retrieval_only:
         from training.evaluate import retrieval_only
 

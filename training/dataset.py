@@ -252,11 +252,13 @@ def load_examples(
     ]
 
 
-def data_hash(examples: Sequence[Example]) -> str:
-    """A short content hash of the formatted examples (recorded in meta.json)."""
+def data_hash(examples: Sequence) -> str:
+    """A short content hash of the formatted examples, or of cpt windows' token ids (recorded in meta.json)."""
     import hashlib
 
     h = hashlib.sha256()
     for ex in examples:
-        h.update(json.dumps([ex.messages, ex.answer], ensure_ascii=False, sort_keys=True).encode())
+        ids = getattr(ex, "ids", None)  # a training.cpt.TextWindow (that module imports this one)
+        payload = list(ids) if ids is not None else [ex.messages, ex.answer]
+        h.update(json.dumps(payload, ensure_ascii=False, sort_keys=True).encode())
     return h.hexdigest()[:16]

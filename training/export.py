@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from bot import adapters as store
+from training.cpt import TextWindow
 from training.gguf_lora import BaseMismatch, ExportError, export_gguf, read_adapter_gguf
 
 MIN_AGREEMENT = 0.9  # top-1 agreement on answer positions; Q4_1 itself gives ~0.98 (docs/design.md)
@@ -76,9 +77,10 @@ def verify(
 
 
 def pick_for_verify(examples, n: int) -> list:
-    """Up to n examples spread over the tasks (round-robin), the shorter answers of each first: cheap and varied."""
+    """Up to n examples spread over the tasks (round-robin), the shorter answers of each first: cheap and varied.
+    cpt windows (`training.cpt.TextWindow`) are all answer: the shorter first too."""
     by_task: dict[str, list] = {}
-    for ex in sorted(examples, key=lambda e: (len(e.answer), e.source_id)):
+    for ex in sorted(examples, key=lambda e: (len(e.ids) if isinstance(e, TextWindow) else len(e.answer), e.source_id)):
         by_task.setdefault(ex.task, []).append(ex)
     picked, i = [], 0
     while len(picked) < n and any(i < len(v) for v in by_task.values()):

@@ -3,6 +3,8 @@
 The base weights are the GGUF that llama.cpp serves, dequantized by transformers, so the adapter is trained
 on exactly what it will run on. Loss (and the 49k-vocabulary output layer) is computed on answer tokens
 only: the prompt is context, not a target, and skipping its logits is the biggest CPU speed lever.
+Mode "cpt" (a domain with documents but no train.jsonl, `training.cpt`) feeds the same loop plain-text windows
+of the documents, whose every token is a target.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 from bot.config import ROOT, Settings, load_settings
 from training.batches import answer_loss, batch_order, collate
 from training.checkpoints import load_checkpoint, save_checkpoint
+from training.cpt import SEQ_LEN, TextWindow
 from training.dataset import Example, data_hash, load_examples, resolve_domain
 from training.distributed import Workers, launched
 from training.errors import TrainingError
@@ -70,10 +73,13 @@ class TrainConfig:
     checkpoint_every: int = CHECKPOINT_EVERY
     warm_start: Path | None = None  # a PEFT adapter dir, or a version dir holding adapter.gguf
     base_model: Path | None = None  # a GGUF file or an HF model dir; None: the served GGUF
+    mode: str = "sft"  # sft: chat examples, answer-only loss | cpt: document windows, loss on every token
+    seq_len: int = SEQ_LEN  # cpt: tokens per window
 
     def key(self) -> str:
         """Identifies a run for resuming: everything that changes the result except step limits."""
         skip = ("max_steps", "threads", "checkpoint_every", "micro_tokens", "micro_batch", "device")
+        skip += ("mode", "seq_len") if self.mode == "sft" else ()  # sft runs keep the keys they had before cpt
         d = {k: v for k, v in _jsonable(self).items() if k not in skip}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -191,8 +197,11 @@ def lora_model(base, cfg: TrainConfig):
 
 
 # ---- data -----------------------------------------------------------------------------------------------
-def encode(example: Example, tokenizer, max_len: int, max_answer: int) -> tuple[list[int], int]:
-    """Token ids of prompt + answer + end-of-turn, and how many leading ids are prompt (masked)."""
+def encode(example: Example | TextWindow, tokenizer, max_len: int, max_answer: int) -> tuple[list[int], int]:
+    """Token ids of prompt + answer + end-of-turn, and how many leading ids are prompt (masked).
+    A document window is all target: (its ids, 0)."""
+    if isinstance(example, TextWindow):
+        return list(example.ids), 0
     prompt = tokenizer.apply_chat_template(example.messages, add_generation_prompt=True, tokenize=False)
     p_ids = tokenizer(prompt, add_special_tokens=False).input_ids
     a_ids = tokenizer(example.answer, add_special_tokens=False).input_ids[:max_answer]
@@ -227,7 +236,7 @@ def pick_device(cfg: TrainConfig) -> str:
 def train(
     domain,
     cfg: TrainConfig | None = None,
-    examples: Sequence[Example] | None = None,
+    examples: Sequence[Example | TextWindow] | None = None,
     out_dir: Path | None = None,
     *,
     settings: Settings | None = None,
@@ -280,7 +289,7 @@ class Run:
 
     domain: Any  # bot.domains.Domain
     cfg: TrainConfig
-    examples: Sequence[Example]
+    examples: Sequence[Example | TextWindow]
     encoded: list[tuple[list[int], int]]  # (token ids, where the answer starts) per example
     tokenizer: Any
     base_path: Path
@@ -340,7 +349,8 @@ def _loop(run: Run, model, *, resume: bool, on_step: Callable[[int, float], None
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, cfg)
             t0 = time.perf_counter()
-            n_answer = sum(len(encoded[i][0]) - encoded[i][1] for i in batch)
+            # tokens predicted: a cpt window's first token has no context (answer_loss shifts by one)
+            n_answer = sum(len(encoded[i][0]) - max(1, encoded[i][1]) for i in batch)
             step_loss = 0.0
             micro = cfg.micro_batch or max(1, cfg.micro_tokens // max(lengths[i] for i in batch))
             mine = workers.shard(batch)
@@ -398,8 +408,14 @@ def unwrap(model) -> None:
         _BASES.clear()
 
 
-def config_examples(domain, cfg: TrainConfig, settings: Settings, tokenizer) -> list[Example]:
-    """The training examples `cfg` draws (rows, caps, balance, seed), with prompts cut by the base's tokenizer."""
+def config_examples(domain, cfg: TrainConfig, settings: Settings, tokenizer) -> list[Example] | list[TextWindow]:
+    """The training examples `cfg` draws (rows, caps, balance, seed), with prompts cut by the base's tokenizer;
+    in cpt mode, the windows of the training documents (the held-out ones are `training.cpt.prepare`'s too)."""
+    if cfg.mode == "cpt":
+        from training.cpt import prepare
+
+        windows = prepare(resolve_domain(domain, settings), tokenizer, seq_len=cfg.seq_len, seed=cfg.seed).train
+        return windows[: cfg.max_examples] if cfg.max_examples else windows
     return load_examples(domain, max_examples=cfg.max_examples, seed=cfg.seed, extra_files=tuple(cfg.extra_files),
                          task_caps=cfg.task_caps, settings=settings, count=token_counter(tokenizer),
                          balance=tuple(cfg.task_balance))

@@ -5,6 +5,8 @@
 2. Warm-start from the live adapter and train a few steps; export and verify the candidate as a new version
    folder (`training.export.publish` stages it and renames it into place, so a crash leaves no half version).
 3. Evaluate the candidate and the live adapter on the same eval items; `training.evaluate.gate` decides.
+   A domain trained from its documents alone (no eval.jsonl) replays windows of its training documents instead
+   of train.jsonl rows and is judged by held-out perplexity (`training.perplexity`).
 4. Promote atomically (`bot.adapters.promote`): the running bot sees the new `current` pointer on its next
    request and hot-reloads. A rejected candidate stays on disk, never live, and the reason is recorded.
 
@@ -201,12 +203,43 @@ def train_candidate(
     return version
 
 
+def document_replay(domain: Domain, n: int, seed: int, settings: Settings) -> list:
+    """n windows of the training documents (never the held-out ones of the live adapter's split), for a domain
+    that has no train.jsonl to replay."""
+    from training import perplexity
+    from training.finetune import load_base, served_gguf
+
+    live = adapters.current(domain.adapters_dir)
+    windows = perplexity.split_for(domain, live, load_base(served_gguf(settings))[1]).train
+    return random.Random(seed).sample(windows, min(n, len(windows)))
+
+
+def judge_by_perplexity(domain: Domain, candidate: str, margin: float,
+                        settings: Settings) -> tuple[bool, str, dict, dict]:  # fmt: skip
+    """The gate of a docs-only domain: held-out perplexity of the candidate vs the live adapter (or base), on the
+    live adapter's split; the numbers and verdict go into the candidate's meta.json."""
+    from training import perplexity
+    from training.finetune import load_base, served_gguf
+
+    base = served_gguf(settings)
+    live = adapters.current(domain.adapters_dir)
+    split = perplexity.split_for(domain, live, load_base(base)[1])
+    version = adapters.AdapterVersion(candidate, domain.adapters_dir / candidate)
+    record = perplexity.judge(domain, version, base_gguf=base, margin=margin, by="domainbot retrain", split=split)
+    as_metrics = lambda ppl: {"overall": ppl, "tasks": {perplexity.METRIC: ppl}}  # noqa: E731
+    gate = record["gate"]
+    return gate["passed"], gate["reason"], as_metrics(record["live_perplexity"]), as_metrics(record["adapter"])
+
+
 def judge(domain: Domain, candidate: str, current: str, cfg: RetrainConfig, settings: Settings,
           answerer=None) -> tuple[bool, str, Any, Any]:  # fmt: skip
     """Evaluate both adapters on the same items and apply the gate: (ok, reason, current, candidate results)."""
+    from training import perplexity
     from training.evaluate import evaluate, gate
 
     margin = settings.gate_margin if cfg.margin is None else cfg.margin
+    if perplexity.docs_only(domain):
+        return judge_by_perplexity(domain, candidate, margin, settings)
     kwargs = {"limit": cfg.eval_limit, "tasks": list(cfg.eval_tasks) or None, "settings": settings,
               "answerer": answerer, "with_retrieval": False, "split": "dev"}  # fmt: skip
     # Gate on the dev split: the test split is only reported, never used to choose.
@@ -289,7 +322,7 @@ def _answering(settings: Settings, answerer) -> Iterator[Any]:
 def _run(out: RetrainOutcome, domain: Domain, names: list[str], cfg: RetrainConfig, settings: Settings,
          store: Store, answerer, on_step) -> None:  # fmt: skip
     from training.dataset import load_examples
-    from training.evaluate import record_metrics
+    from training.evaluate import EvalResult, record_metrics
     from training.finetune import load_base, served_gguf, token_counter
 
     consumed = consumed_ids(store, domain.name)
@@ -315,7 +348,9 @@ def _run(out: RetrainOutcome, domain: Domain, names: list[str], cfg: RetrainConf
         return
     n_replay = max(cfg.min_replay, round(cfg.replay_per_example * out.n_feedback))
     replay = []
-    if n_replay:  # replay 0 only for experiments: a real run keeps the domain from forgetting
+    if n_replay and not domain.train_file.is_file():  # trained from its documents: replay their text
+        replay = document_replay(domain, n_replay, cfg.seed + out.run_id, settings)
+    elif n_replay:  # replay 0 only for experiments: a real run keeps the domain from forgetting
         caps = replay_caps(domain, cfg.replay_tasks)
         replay = load_examples(domain, max_examples=n_replay, seed=cfg.seed + out.run_id, task_caps=caps,
                                settings=settings, count=count)  # fmt: skip
@@ -328,8 +363,9 @@ def _run(out: RetrainOutcome, domain: Domain, names: list[str], cfg: RetrainConf
         domain, candidate.version, out.current_version, cfg, settings, answerer
     )
     out.metrics_current, out.metrics_candidate = summarize(current_result), summarize(candidate_result)
-    record_metrics(domain, candidate_result)
-    note_verdict(candidate.path, ok, reason)
+    if isinstance(candidate_result, EvalResult):  # a perplexity verdict is already in meta.json
+        record_metrics(domain, candidate_result)
+        note_verdict(candidate.path, ok, reason)
     if ok:
         adapters.promote(domain.adapters_dir, candidate.version)
     out.status, out.reason = ("promoted" if ok else "rejected"), reason
