@@ -179,9 +179,7 @@ class DomainWatcher:
         log.info("domain %s: index %s", domain.name, outcome)
 
     def _forget_index(self, name: str) -> None:
-        retriever = self.answerer.retriever
-        with retriever._lock:  # noqa: SLF001 - the retriever's cache of loaded indexes; answers in flight keep theirs
-            retriever._loaded.pop(name, None)  # noqa: SLF001
+        self.answerer.retriever.forget(name)
 
 
 @contextmanager

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from slack_sdk import WebClient
@@ -245,6 +245,15 @@ def test_native_in_a_thread_with_the_recipient(place):
         == ("1.000001", USER, TEAM_ID)  # the team from auth.test
     assert started.args["markdown_text"] == blocks.stream_intro("Legal")
     assert p.slack.calls("chat.postMessage") == []
+
+
+def test_a_slack_connect_asker_is_streamed_to_in_their_own_workspace(place):
+    p = place()
+    theirs = replace(ask(), team_id="T0OTHERCO")
+    stream = open_stream(p.ctx, theirs, Reply(p.ctx, theirs), "Legal")
+    assert isinstance(stream, NativeStream)
+    [started] = p.slack.calls("chat.startStream")
+    assert started.args["recipient_team_id"] == "T0OTHERCO" != TEAM_ID
 
 
 @pytest.mark.parametrize("why", ["top-level DM", "update mode", "refused", "waiting note", "no team"])

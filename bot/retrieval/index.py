@@ -297,6 +297,11 @@ class Retriever:
         self._loaded.pop(domain.name, None)
         return manifest
 
+    def forget(self, name: str) -> None:
+        """Drop a loaded index so the next search loads the one on disk; answers in flight keep theirs."""
+        with self._lock:
+            self._loaded.pop(name, None)
+
     def refresh(self, domain: Domain, progress: bool = False, force: bool = False, log_skipped: bool = True) -> IndexReport:
         """Build the index if it is missing, stale or corrupt, re-embedding only new or changed chunks (`force`:
         rebuild and re-embed everything). The report says which files changed and which were skipped; a build

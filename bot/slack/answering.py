@@ -53,10 +53,11 @@ class Ask:
     assistant: bool = False  # a Slack assistant thread: status lines and a title
     quote_question: bool = False  # /ask: the channel can't see the question, so show it
     response_url: str | None = None  # /ask: where to answer when the bot can't post in the channel
+    team_id: str | None = None  # the asker's workspace (Slack Connect: not ours); native streams are addressed to it
 
 
 RESUME_FIELDS = ("channel", "user", "event_key", "source", "thread_ts", "history_ts", "message_ts", "domain",
-                 "method", "is_dm", "assistant", "quote_question", "response_url")
+                 "method", "is_dm", "assistant", "quote_question", "response_url", "team_id")
 
 
 def submit(ctx: SlackContext, ask: Ask, notify: Callable[[str], None] | None = None) -> bool:

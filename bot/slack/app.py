@@ -30,7 +30,7 @@ from bot.store.store import Store
 log = logging.getLogger(__name__)
 
 # What replaying an event needs (its text is stored scrubbed, in the question column).
-EVENT_FIELDS = ("type", "channel", "user", "ts", "thread_ts", "channel_type")
+EVENT_FIELDS = ("type", "channel", "user", "ts", "thread_ts", "channel_type", "team", "user_team")
 LISTENER_THREADS = 16  # listeners only ack and queue; answers run in SlackContext.workers
 
 

@@ -28,7 +28,8 @@ def on_mention(ctx: SlackContext, event: dict, event_id: str) -> None:
         return
     thread = event.get("thread_ts")
     submit(ctx, Ask(text, event["channel"], event["user"], f"event:{event_id}", "mention",
-                    thread_ts=thread or event["ts"], history_ts=thread, message_ts=event["ts"]))
+                    thread_ts=thread or event["ts"], history_ts=thread, message_ts=event["ts"],
+                    team_id=event.get("user_team") or event.get("team")))
 
 
 def may_be_question(ctx: SlackContext, event: dict) -> bool:
@@ -61,7 +62,8 @@ def on_message(ctx: SlackContext, event: dict, event_id: str, *, assistant: bool
         return
     source = "assistant" if assistant else ("thread" if thread else "dm")
     submit(ctx, Ask(text, channel, event["user"], f"event:{event_id}", source, thread_ts=thread, history_ts=thread,
-                    message_ts=ts, is_dm=is_dm, assistant=assistant))
+                    message_ts=ts, is_dm=is_dm, assistant=assistant,
+                    team_id=event.get("user_team") or event.get("team")))
 
 
 def _our_thread(ctx: SlackContext, channel: str, thread: str | None) -> bool:

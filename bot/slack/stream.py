@@ -254,7 +254,7 @@ def open_stream(ctx: SlackContext, ask: _Ask, reply: _Reply, title: str) -> Mess
     settings = ctx.settings
     if settings.slack_streaming == "native" and ask.thread_ts and reply.ts is None and reply.webhook is None:
         native = NativeStream.start(ctx.client, ask.channel, ask.thread_ts, user=ask.user,
-                                    team=workspace_team(ctx.client), intro=blocks.stream_intro(title),
+                                    team=ask.team_id or workspace_team(ctx.client), intro=blocks.stream_intro(title),
                                     interval_s=settings.stream_interval_s)
         if native is not None:
             reply.ts = native.ts
