@@ -33,7 +33,7 @@ from bot.prompt import Passage
 from bot.retrieval.bm25 import BM25, terms
 from bot.retrieval.embeddings import Embedder, get_embedder
 from bot.retrieval.incremental import IndexReport, chunk_key, diff_sources, embed_text, previous_index
-from bot.retrieval.loaders import SUPPORTED, Doc, docs_files, load_folder
+from bot.retrieval.loaders import SUPPORTED, Doc, docs_files, file_sha256, load_folder
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +88,6 @@ def chunk_doc(doc: Doc, tokenizer, size: int, overlap: int, first: int = 0) -> l
 
 
 # ---------------------------------------------------------------- the index on disk
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -208,7 +200,7 @@ class Retriever:
             return "stale"
         for name, digest in manifest.get("files", {}).items():
             path = self.index_dir(domain) / name
-            if not path.exists() or _sha256(path) != digest:
+            if not path.exists() or file_sha256(path) != digest:
                 return "corrupt"
         return "ready"
 
@@ -278,7 +270,7 @@ class Retriever:
             "n_chunks": len(chunks),
             "index_type": type(index).__name__,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "files": {name: _sha256(tmp / name) for name in ("index.faiss", "chunks.jsonl")},
+            "files": {name: file_sha256(tmp / name) for name in ("index.faiss", "chunks.jsonl")},
             "sources": folder.sources,
             "skipped": folder.skipped,
             "changes": {
@@ -341,7 +333,7 @@ class Retriever:
             folder = self.index_dir(domain)
             manifest = json.loads((folder / "manifest.json").read_text())
             for name, digest in manifest["files"].items():  # vouch for every file before reading it
-                if _sha256(folder / name) != digest:
+                if file_sha256(folder / name) != digest:
                     raise IndexError_(f"{domain.name}: {name} does not match its manifest; run `domainbot index {domain.name} --force`")
             try:
                 vectors = faiss.read_index(str(folder / "index.faiss"))
