@@ -22,14 +22,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bot.store.pii import scrub  # noqa: E402  (after the sys.path line, so the bench runs from anywhere)
+from bot.testing.hostile_text import HOSTILE, repeat  # noqa: E402
 
 MB = 1_000_000
 SIZES = (10_000, 20_000, 40_000, 100_000, MB)
 TARGET_20K_S = 0.050
-
-
-def repeat(unit: str) -> Callable[[int], str]:
-    return lambda n: (unit * (n // len(unit) + 1))[:n]
 
 
 def _prose(n: int) -> str:
@@ -38,21 +35,8 @@ def _prose(n: int) -> str:
     return repeat(sentence)(n)
 
 
-# name -> text of n characters. One long token of one class, and the separators the patterns allow inside.
-SHAPES: dict[str, Callable[[int], str]] = {
-    "letters": repeat("a"),
-    "hex": repeat("0123456789abcdef"),
-    "digits": repeat("7"),
-    "a.": repeat("a."),
-    "x@": repeat("x@"),
-    "x@ then a.": lambda n: "x@" + repeat("a.")(n - 2),
-    "digits+spaces": repeat("4 "),
-    "digits+dashes": repeat("12-"),
-    "+ and 40 digits": repeat("+" + "1" * 40 + " "),
-    "MRN 1-1-1": lambda n: "MRN " + repeat("1-")(n - 4),
-    "phone is is": lambda n: "phone" + repeat(" is")(n - 5),
-    "prose with PII": _prose,
-}
+# name -> text of n characters: the tests' hostile shapes, and realistic text with PII.
+SHAPES: dict[str, Callable[[int], str]] = {**HOSTILE, "prose with PII": _prose}
 
 
 def best_time(text: str, runs: int) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from re import _constants as _c  # type: ignore[attr-defined]
 from re import _parser  # type: ignore[attr-defined]
@@ -22,6 +22,7 @@ from bot.store.pii import (
     scrub,
     scrub_counted,
 )
+from bot.testing.hostile_text import HOSTILE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -152,28 +153,6 @@ def test_every_quantifier_has_a_finite_maximum(detector) -> None:
 def test_the_bound_check_sees_an_unbounded_quantifier() -> None:
     assert len(_unbounded_repeats(_parser.parse(OLD_EMAIL.pattern))) == 5  # +@+(\.+)*\.{2,}
     assert len(_unbounded_repeats(_parser.parse(r"a{2,}b*?c++"))) == 3
-
-
-def _rep(unit: str) -> Callable[[int], str]:
-    return lambda n: (unit * (n // len(unit) + 1))[:n]
-
-
-HOSTILE: dict[str, Callable[[int], str]] = {
-    "letters": _rep("a"),
-    "hex": _rep("0123456789abcdef"),
-    "digits": _rep("7"),
-    "a.": _rep("a."),
-    "x@": _rep("x@"),
-    "x@ then a.": lambda n: "x@" + _rep("a.")(n - 2),
-    "digits+spaces": _rep("4 "),
-    "digits+dashes": _rep("12-"),
-    "+ and 40 digits": _rep("+" + "1" * 40 + " "),
-    "(1) ": _rep("(1) "),
-    "MRN 1-1-1": lambda n: "MRN " + _rep("1-")(n - 4),
-    "phone is is": lambda n: "phone" + _rep(" is")(n - 5),
-    "GB82 ": _rep("GB82 "),
-    "emails": _rep("ab.cd@ef.gh "),
-}
 
 
 def _fuzz_texts(count: int) -> list[str]:
