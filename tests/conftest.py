@@ -118,6 +118,15 @@ def answerer(base_settings, built_indexes, runtime, embedder):
     return Answerer(base_settings, discover(base_settings.domains_dir), Retriever(base_settings, embedder), runtime)
 
 
+@pytest.fixture(scope="session")
+def quick(answerer):
+    """The session's real model, index and router, with short outputs and prompts to keep Slack tests fast."""
+    from bot.answer import Answerer
+
+    s = answerer.settings.with_(max_tokens=8, prompt_budget=320)
+    return Answerer(s, answerer.discovery, answerer.retriever, answerer.runtime, router=answerer.router)
+
+
 @pytest.fixture
 def domains_copy(tmp_path) -> Path:
     """A writable copy of domains/ for tests that change adapters or manifests."""

@@ -13,21 +13,19 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 import pytest
-from slack_bolt import App
 
 from bot.answer import Answerer
 from bot.config import ROOT, Settings
 from bot.domains import Discovery
-from bot.slack.app import build, start_socket_mode
+from bot.slack.app import start_socket_mode
 from bot.slack.blocks import ANSWER_BLOCK
-from bot.slack.context import SlackContext
-from bot.slack.ingress import SlackHTTPServer, start_http
-from bot.store.store import Store
 from bot.testing.recording import RecordingRuntime
+from bot.testing.slack_bot import RunningBot
+from bot.testing.slack_bot import start_bot as start_running_bot
 from bot.testing.slack_kit import (
     APP_TOKEN,
     BOT_TOKEN,
@@ -55,18 +53,7 @@ from bot.testing.slack_kit import (
 pytestmark = pytest.mark.slow
 
 
-@dataclass
-class Bot:
-    slack: FakeSlack
-    store: Store
-    app: App
-    ctx: SlackContext
-    server: SlackHTTPServer
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
+class Bot(RunningBot):
     def say(self, text: str, *, channel: str = CHANNEL, user: str = USER, thread_ts: str | None = None,
             mention: bool = True, event_id: str | None = None) -> str:
         """A person posts a message (kept in the fake workspace) and Slack delivers its event, signed."""
@@ -111,36 +98,19 @@ def blocks_text(msg: dict) -> str:
     return json.dumps(msg.get("blocks") or [], ensure_ascii=False)
 
 
-@pytest.fixture(scope="module")
-def quick(answerer: Answerer) -> Answerer:
-    """The session's real model, index and router, with short outputs and prompts to keep tests fast."""
-    s = answerer.settings.with_(max_tokens=8, prompt_budget=320)
-    return Answerer(s, answerer.discovery, answerer.retriever, answerer.runtime, router=answerer.router)
-
-
 @pytest.fixture()
 def start_bot(settings: Settings, quick: Answerer, tmp_path) -> Iterator[Callable[..., Bot]]:
     started: list[Bot] = []
 
     def start(answerer: Answerer | None = None, slack: FakeSlack | None = None, **overrides: object) -> Bot:
-        slack = (slack or FakeSlack()).start()
-        s = settings.with_(
-            slack_api_url=slack.api_url, slack_bot_token=BOT_TOKEN, slack_signing_secret=SIGNING_SECRET,
-            slack_app_token=APP_TOKEN, db_path=tmp_path / f"slack{len(started)}.db", **overrides,
-        )
-        store = Store.from_settings(s)
-        app, ctx = build(s, answerer or quick, store)
-        bot = Bot(slack, store, app, ctx, start_http(app, SIGNING_SECRET, host="127.0.0.1", port=0))
+        bot = start_running_bot(settings, answerer or quick, cls=Bot, slack=slack, **{
+            "slack_app_token": APP_TOKEN, "db_path": tmp_path / f"slack{len(started)}.db", **overrides})
         started.append(bot)
         return bot
 
     yield start
     for bot in started:
-        bot.server.shutdown()
-        bot.server.server_close()
-        bot.ctx.close()
-        bot.store.close()
-        bot.slack.stop()
+        bot.stop()
 
 
 @pytest.fixture()

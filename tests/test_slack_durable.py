@@ -11,20 +11,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from bot.answer import Answerer
 from bot.config import ROOT, Settings
-from bot.slack.app import build
-from bot.slack.context import SlackContext
-from bot.slack.ingress import SlackHTTPServer, start_http
 from bot.slack.resume import RESTARTED, resume_open
 from bot.slack.waiting import RETRY_QUESTION
 from bot.store.questions import LEASE_S, MAX_ATTEMPTS, Questions, owner_is_dead
 from bot.store.store import STORED_QUESTION_CHARS, Store
+from bot.testing.slack_bot import RunningBot
+from bot.testing.slack_bot import start_bot as start_running_bot
 from bot.testing.slack_kit import (
     BOT_TOKEN,
     BOT_USER_ID,
@@ -164,13 +162,7 @@ def test_the_worker_apologises_for_questions_no_slack_process_resumed(tmp_path: 
 # ---------------------------------------------------------------- through the real app (real model)
 
 
-@dataclass
-class Bot:
-    slack: FakeSlack
-    store: Store
-    ctx: SlackContext
-    server: SlackHTTPServer
-
+class Bot(RunningBot):
     def thread(self, ts: str) -> list[dict]:
         return [m for m in self.slack.messages(CHANNEL) if m.get("user") == BOT_USER_ID and m.get("thread_ts") == ts]
 
@@ -180,27 +172,17 @@ def is_answer(msg: dict) -> bool:
 
 
 @pytest.fixture()
-def start_bot(settings: Settings, answerer: Answerer, tmp_path) -> Iterator[Callable[..., Bot]]:
+def start_bot(settings: Settings, quick: Answerer, tmp_path) -> Iterator[Callable[..., Bot]]:
     started: list[Bot] = []
-    quick = Answerer(answerer.settings.with_(max_tokens=8, prompt_budget=320), answerer.discovery,
-                     answerer.retriever, answerer.runtime, router=answerer.router)
 
     def start(db: Path | None = None, **overrides: object) -> Bot:
-        slack = FakeSlack().start()
-        s = settings.with_(slack_api_url=slack.api_url, slack_bot_token=BOT_TOKEN,
-                           slack_signing_secret=SIGNING_SECRET, db_path=db or tmp_path / "slack.db", **overrides)
-        store = Store.from_settings(s)
-        app, ctx = build(s, quick, store)
-        bot = Bot(slack, store, ctx, start_http(app, SIGNING_SECRET, host="127.0.0.1", port=0))
+        bot = start_running_bot(settings, quick, cls=Bot, **{"db_path": db or tmp_path / "slack.db", **overrides})
         started.append(bot)
         return bot
 
     yield start
     for bot in started:
-        bot.server.shutdown()
-        bot.server.server_close()
-        bot.ctx.close()
-        bot.slack.stop()
+        bot.stop()
 
 
 def orphan(store: Store, ts: str, event_id: str, *, attempts: int = 0) -> int:

@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from urllib.request import urlopen
 
 import pytest
@@ -23,17 +22,14 @@ import pytest
 from bot.answer import Answerer
 from bot.config import Settings
 from bot.policy import MAX_QUESTION_CHARS
-from bot.slack.app import build
-from bot.slack.context import SlackContext
-from bot.slack.ingress import MAX_BODY_BYTES, SlackHTTPServer, start_http
-from bot.store.store import STORED_QUESTION_CHARS, Store
+from bot.slack.ingress import MAX_BODY_BYTES
+from bot.store.store import STORED_QUESTION_CHARS
+from bot.testing.slack_bot import RunningBot
+from bot.testing.slack_bot import start_bot as start_running_bot
 from bot.testing.slack_kit import (
     APP_TOKEN,
-    BOT_TOKEN,
     BOT_USER_ID,
     CHANNEL,
-    SIGNING_SECRET,
-    FakeSlack,
     app_mention,
     post_event,
 )
@@ -75,13 +71,7 @@ class Watchdog:
         self._thread.join()
 
 
-@dataclass
-class Bot:
-    slack: FakeSlack
-    store: Store
-    ctx: SlackContext
-    server: SlackHTTPServer
-
+class Bot(RunningBot):
     def mention(self, text: str) -> tuple[str, dict]:
         """A mention posted in the fake workspace, and its signed event (not sent yet)."""
         ts = self.slack.add_message(CHANNEL, text)
@@ -92,21 +82,10 @@ class Bot:
 
 
 @pytest.fixture()
-def bot(settings: Settings, answerer: Answerer, tmp_path) -> Iterator[Bot]:
-    quick = Answerer(answerer.settings.with_(max_tokens=8, prompt_budget=320), answerer.discovery,
-                     answerer.retriever, answerer.runtime, router=answerer.router)
-    slack = FakeSlack().start()
-    s = settings.with_(slack_api_url=slack.api_url, slack_bot_token=BOT_TOKEN, slack_signing_secret=SIGNING_SECRET,
-                       slack_app_token=APP_TOKEN, db_path=tmp_path / "hostile.db")
-    store = Store.from_settings(s)
-    app, ctx = build(s, quick, store)
-    server = start_http(app, SIGNING_SECRET, host="127.0.0.1", port=0)
-    yield Bot(slack, store, ctx, server)
-    server.shutdown()
-    server.server_close()
-    ctx.close()
-    store.close()
-    slack.stop()
+def bot(settings: Settings, quick: Answerer, tmp_path) -> Iterator[Bot]:
+    running = start_running_bot(settings, quick, cls=Bot, slack_app_token=APP_TOKEN, db_path=tmp_path / "hostile.db")
+    yield running
+    running.stop()
 
 
 def largest_mention(bot: Bot) -> tuple[str, dict, str]:

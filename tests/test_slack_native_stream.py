@@ -17,17 +17,16 @@ from bot.answer import Answerer
 from bot.config import ConfigError, Settings, load_settings
 from bot.slack import blocks
 from bot.slack.answering import Ask, Reply
-from bot.slack.app import build
 from bot.slack.context import SlackContext
-from bot.slack.ingress import SlackHTTPServer, start_http
 from bot.slack.ratelimit import RateLimiter
 from bot.slack.stream import MessageStream, NativeStream, open_stream
 from bot.store.store import Store
+from bot.testing.slack_bot import RunningBot
+from bot.testing.slack_bot import start_bot as start_running_bot
 from bot.testing.slack_kit import (
     BOT_TOKEN,
     CHANNEL,
     DM,
-    SIGNING_SECRET,
     TEAM_ID,
     USER,
     FakeSlack,
@@ -289,13 +288,7 @@ def test_the_streaming_setting_is_read_and_checked(monkeypatch):
 # ---------------------------------------------------------------- end to end: the real app over HTTP
 
 
-@dataclass
-class Bot:
-    slack: FakeSlack
-    store: Store
-    ctx: SlackContext
-    server: SlackHTTPServer
-
+class Bot(RunningBot):
     def ask(self, text: str) -> str:
         ts = self.slack.add_message(CHANNEL, text)
         assert post_event(self.server.url, app_mention(text, ts=ts))[0] == 200
@@ -317,33 +310,19 @@ def is_answer(msg: dict) -> bool:
     return any(b.get("block_id") == blocks.ANSWER_BLOCK for b in msg.get("blocks") or ())
 
 
-@pytest.fixture(scope="module")
-def quick(answerer: Answerer) -> Answerer:
-    s = answerer.settings.with_(max_tokens=8, prompt_budget=320)
-    return Answerer(s, answerer.discovery, answerer.retriever, answerer.runtime, router=answerer.router)
-
-
 @pytest.fixture()
 def start_bot(settings: Settings, quick: Answerer, tmp_path) -> Iterator[Callable[..., Bot]]:
     started: list[Bot] = []
 
     def start(answerer: Answerer | None = None, **overrides: object) -> Bot:
-        slack = FakeSlack().start()
-        s = settings.with_(slack_api_url=slack.api_url, slack_bot_token=BOT_TOKEN, slack_signing_secret=SIGNING_SECRET,
-                           db_path=tmp_path / f"slack{len(started)}.db", stream_interval_s=0.0, **overrides)
-        store = Store.from_settings(s)
-        app, ctx = build(s, answerer or quick, store)
-        bot = Bot(slack, store, ctx, start_http(app, SIGNING_SECRET, host="127.0.0.1", port=0))
+        bot = start_running_bot(settings, answerer or quick, cls=Bot, **{
+            "db_path": tmp_path / f"slack{len(started)}.db", "stream_interval_s": 0.0, **overrides})
         started.append(bot)
         return bot
 
     yield start
     for bot in started:
-        bot.server.shutdown()
-        bot.server.server_close()
-        bot.ctx.close()
-        bot.store.close()
-        bot.slack.stop()
+        bot.stop()
 
 
 @pytest.mark.slow
