@@ -13,6 +13,7 @@ from bot.guard import (
     is_abstention,
     normalize_number,
     numbers_in,
+    subject_terms,
 )
 from bot.prompt import Passage
 
@@ -268,3 +269,69 @@ def test_a_lead_in_with_an_invented_count_is_dropped():
     assert result.text == "Our products win customers with leading innovation [1]."
     kept = guard("The 2 products are:\nOur products win customers [1].", [Passage("q#0", "Two", "Our 2 products win customers.")])
     assert kept.text.startswith("The 2 products are:")  # a count the source gives stays
+
+
+# ---- the question's subject ----------------------------------------------------------------------------
+WILSON = Passage("medquad-w", "Wilson disease — inheritance",
+                 "Wilson disease is inherited in an autosomal recessive pattern, which means both copies of the "
+                 "gene in each cell have mutations.")
+FAMILY = Passage("medquad-f", "Creating a Family Health History — information",
+                 "Some diseases, such as Huntington disease, are caused by a single altered gene passed down "
+                 "from one parent.")
+HD = Passage("medquad-h", "Huntington disease — inheritance",
+             "Huntington disease is inherited in an autosomal dominant pattern: one altered copy causes it.")
+
+
+def test_no_passage_naming_the_subject_means_the_sources_do_not_mention_it():
+    answer = "Huntington disease is inherited in an autosomal recessive pattern [1]."
+    # word overlap alone passes it: 5 of its 6 content words are in the Wilson passage
+    assert guard(answer, [WILSON], question="Is Huntington disease inherited?").verdict == "supported"
+    for draft in (answer, "It is inherited in an autosomal recessive pattern [1]."):
+        r = guard(draft, [WILSON], question="Is huntington disease inherited?", subject=("huntington",))
+        assert (r.verdict, r.cited) == ("no-sources", ())
+        assert "“huntington”" in r.text  # as the asker wrote it
+
+
+def test_an_answer_that_lost_its_subject_claim_becomes_a_quote_about_the_subject():
+    answer = ("Huntington disease is inherited in an autosomal recessive pattern [1]. This means both copies of "
+              "the gene in each cell have mutations [1].")
+    q = "Is Huntington disease inherited?"
+    # without the subject, the wrong claim stays; with it, neither the claim nor its Wilson-based follow-up stays
+    assert guard(answer, [WILSON, FAMILY], question=q).verdict == "supported"
+    r = guard(answer, [WILSON, FAMILY], question=q, subject=("huntington",))
+    assert r.verdict == "quoted" and r.cited == (2,)
+    assert "Huntington" in r.text and "Wilson" not in r.text and "recessive" not in r.text
+
+
+def test_a_faithful_claim_naming_the_subject_still_passes_and_cites_the_right_passage():
+    answer = "Huntington disease is inherited in an autosomal dominant pattern [1]."
+    r = guard(answer, [WILSON, HD], question="Is Huntington disease inherited?", subject=("huntington",))
+    assert r.verdict == "supported" and r.cited == (2,) and r.text.endswith("pattern [2].")  # re-cited from [1]
+
+
+def test_a_follow_up_without_the_subject_word_is_judged_as_before():
+    # "It" stands for the subject: a sentence that doesn't name it is checked by overlap, as before (legal
+    # clauses often don't repeat the party names their question uses)
+    answer = "Huntington disease is caused by a single altered gene [2]. It is passed down from one parent [2]."
+    r = guard(answer, [WILSON, FAMILY], question="What causes Huntington disease?", subject=("huntington",))
+    assert r.verdict == "supported" and r.cited == (2,)
+
+
+def test_subject_terms_are_rare_names_of_the_question():
+    df = {"huntington": 2, "disease": 400, "inherited": 90, "poaching": 0, "holds": 3, "foxg1": 5, "nonvested": 1}.get
+    holders = {"huntington": [("Creating a Family Health History", "such as Huntington disease, are")],
+               "holds": [("Lease", "the tenant holds the keys"), ("Note", "Holds are placed on accounts")],
+               "foxg1": [("FOXG1 syndrome — genetic changes", "mutations in the FOXG1 gene")],
+               "nonvested": [("Annual-report excerpt: RSUs", "| Nonvested at January 1 | 10 |\nNonvested units fell. "
+                                                                "The nonvested units vest in 2021.")]}
+    terms = lambda q: subject_terms(q, lambda w: df(w, 0), 1500, lambda w: holders.get(w, []))  # noqa: E731
+    assert terms("Is Huntington disease inherited?") == ("huntington",)
+    # a word in no chunk is the asker's paraphrase; a word in >1% of chunks is too common; a rare word written
+    # in lower case in most uses is not a name
+    assert terms("Is poaching of disease barred?") == ()
+    assert terms("Which protein does the gene behind FOXG1 syndrome hold? It holds what?") == ("foxg1",)
+    # capitalised only where every word is (a sentence's or a table cell's start): not a name
+    assert terms("How many Nonvested units?") == ()
+    # tiny corpora: up to 2 chunks still count as rare
+    assert subject_terms("what about huntington?", lambda w: df(w, 0), 10, lambda w: holders.get(w, [])) == (
+        "huntington",)

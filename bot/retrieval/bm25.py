@@ -56,6 +56,11 @@ class BM25:
         col = self.vocab.get(term)
         return 0 if col is None else int(self.weights.indptr[col + 1] - self.weights.indptr[col])
 
+    def holders(self, term: str) -> list[int]:
+        """The texts that hold the term, by position."""
+        col = self.vocab.get(term)
+        return [] if col is None else self.weights.indices[self.weights.indptr[col]:self.weights.indptr[col + 1]].tolist()
+
     def scores(self, query: str) -> np.ndarray:
         """Every text's score for the query (zeros when no query term is known)."""
         ids = [self.vocab[t] for t in set(terms(query)) if t in self.vocab]

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from bot.config import Settings
 from bot.domains import Domain
 from bot.errors import IndexError_
+from bot.guard import subject_terms
 from bot.prompt import Passage
 from bot.retrieval.bm25 import BM25, terms
 from bot.retrieval.embeddings import Embedder, get_embedder
@@ -357,6 +358,16 @@ class Retriever:
         if not domain.docs_url or "file" not in chunk.metadata or "url" in chunk.metadata:
             return chunk.metadata
         return {**chunk.metadata, "url": source_url(domain.docs_url, chunk.doc_id, chunk.metadata.get("page"))}
+
+    def subject_terms(self, domain: Domain, question: str) -> tuple[str, ...]:
+        """The question's words that are rare in this domain's chunks: what the grounding guard checks it is about."""
+        loaded = self.load(domain)
+        keywords = loaded.keywords
+
+        def holders(word: str) -> list[tuple[str, str]]:
+            return [(loaded.chunks[i].title, loaded.chunks[i].text) for i in keywords.holders(word)]
+
+        return subject_terms(question, keywords.df, keywords.n, holders)
 
     def search(self, domain: Domain, query: str, k: int | None = None, min_score: float | None = None) -> list[Passage]:
         """Hybrid search: dense (MiniLM + FAISS) fused with BM25 by reciprocal rank, plus, when the question names
