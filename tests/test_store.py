@@ -1,15 +1,21 @@
-"""The store: migrations, the contract the Slack app codes against, privacy at the door, and thread safety."""
+"""The store: migrations, the contract the Slack app codes against, privacy at the door, and thread safety.
+
+Every contract test runs on both backends: SQLite (the default) and a real PostgreSQL server (tests/pg.py).
+"""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bot.store import migrations
-from bot.store.store import Store, UnknownExchange, hash_value
+from bot.store.store import Store, StoreUnavailable, UnknownExchange, hash_value
+
+pytest_plugins = ("pg",)
 
 SLACK_USER = "U0CANARY42"
 
@@ -36,20 +42,53 @@ def log(store: Store, **changes: object) -> int:
     return store.log_exchange(**fields)
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture
-def store() -> Store:
-    return Store(":memory:", salt="pepper")
+def location(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a store lives: a new SQLite file, or a new database on the session's PostgreSQL server."""
+    return str(tmp_path / "sub" / "bot.db") if backend == "sqlite" else request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def store(backend: str, request: pytest.FixtureRequest) -> Iterator[Store]:
+    where = ":memory:" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    opened = Store(where, salt="pepper")
+    yield opened
+    opened.close()
+
+
+def cells(location: str) -> list[str]:
+    """Every value in every table, read past the Store (sqlite3 or psycopg directly)."""
+    if location.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(location) as conn:
+            tables = [r[0] for r in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+                " AND table_type = 'BASE TABLE'")]
+            return [str(v) for t in tables for row in conn.execute(f'select * from "{t}"') for v in row]
+    with sqlite3.connect(location) as conn:
+        return [
+            str(v)
+            for (table,) in conn.execute("select name from sqlite_master where type='table'")
+            for row in conn.execute(f"select * from [{table}]")
+            for v in row
+        ]
 
 
 # -- migrations -----------------------------------------------------------------------------------------
 
 
-def test_migrations_run_once_on_a_fresh_in_memory_db(store: Store) -> None:
+def test_migrations_run_once_on_a_fresh_db(store: Store) -> None:
     names = [fn.__name__ for fn in migrations.MIGRATIONS]
     assert store.migrations_applied == names
-    assert migrations.applied(store.db) == set(names)
-    assert {"exchanges", "feedback", "events", "training_runs"} <= set(store.db.table_names())
-    assert "exchange_feedback" in store.db.view_names()
+    assert migrations.applied(store.backend) == set(names)
+    assert {"exchanges", "feedback", "events", "training_runs", "questions"} <= set(store.backend.table_names())
+    assert "exchange_feedback" in store.backend.view_names()
     with store.write() as db:
         assert migrations.migrate(db) == []
 
@@ -73,14 +112,13 @@ def test_migration_decorator_rejects_bad_names_and_order() -> None:
     assert migrations.MIGRATIONS == before
 
 
-def test_reopening_a_file_applies_nothing_and_keeps_rows(tmp_path: Path) -> None:
-    path = tmp_path / "sub" / "bot.db"
-    first = Store(path)
+def test_reopening_a_store_applies_nothing_and_keeps_rows(location: str) -> None:
+    first = Store(location)
     exchange_id = log(first)
     first.close()
-    again = Store(path)
-    assert again.migrations_applied == []
-    assert again.exchange(exchange_id)["question"] == "What was revenue in 2019?"
+    with Store(location) as again:
+        assert again.migrations_applied == []
+        assert again.exchange(exchange_id)["question"] == "What was revenue in 2019?"
 
 
 def test_file_db_uses_wal_busy_timeout_and_foreign_keys(tmp_path: Path) -> None:
@@ -126,7 +164,7 @@ def test_a_retried_event_logs_one_exchange(store: Store) -> None:
     first = log(store, event_key="Ev123")
     second = log(store, event_key="Ev123", answer="a retry")
     assert first == second
-    assert store.db["exchanges"].count == 1
+    assert store.count("exchanges") == 1
     assert log(store) != first  # no key: always a new row
 
 
@@ -165,7 +203,7 @@ def test_feedback_counts_once_per_event_key(store: Store) -> None:
     rows = store.feedback_for(exchange_id)
     assert [(r["kind"], r["value"]) for r in rows] == [("reaction", "+1"), ("button", "-1")]
     assert rows[0]["user_hash"] == hash_value("U1", "pepper")
-    view = next(iter(store.db.query("select * from exchange_feedback")))
+    view = store.query("select * from exchange_feedback")[0]
     assert (view["thumbs_up"], view["thumbs_down"]) == (1, 1)
 
 
@@ -204,8 +242,8 @@ def test_router_examples_from_reroutes(store: Store) -> None:
     }
 
 
-def test_claim_event_is_shared_across_processes_via_the_file(tmp_path: Path) -> None:
-    one, two = Store(tmp_path / "bot.db"), Store(tmp_path / "bot.db")
+def test_claim_event_is_shared_across_connections_via_the_store(location: str) -> None:
+    one, two = Store(location), Store(location)
     assert one.claim_event("Ev1") is True
     assert two.claim_event("Ev1") is False
     assert two.claim_event("Ev2") is True
@@ -235,6 +273,22 @@ def test_training_run_records(store: Store) -> None:
     assert store.runs("legal") == []
 
 
+def test_store_misuse_errors_are_clear(store: Store) -> None:
+    run = store.start_run("finance", current_version="v1")
+    with pytest.raises(ValueError, match="training_runs has no column colour"):
+        store.finish_run(run, status="failed", reason="x", colour="red")
+    with pytest.raises(LookupError, match="no training run 999"):
+        store.finish_run(999, status="failed", reason="x")
+    with pytest.raises(ValueError, match="no table 'nope'"):
+        store.count("nope")
+    assert store.runs()[0]["status"] == "running"  # the refused updates changed nothing
+
+
+def test_an_unopenable_sqlite_file_is_reported_with_its_path(tmp_path: Path) -> None:
+    with pytest.raises(StoreUnavailable, match=f"cannot open the SQLite store {tmp_path}"):
+        Store(tmp_path)  # a folder, not a file
+
+
 # -- privacy --------------------------------------------------------------------------------------------
 
 CANARY_TEXT = (
@@ -254,9 +308,17 @@ CANARY_SECRETS = [
 ]
 
 
-def test_planted_canaries_never_reach_the_disk(tmp_path: Path) -> None:
-    path = tmp_path / "bot.db"
-    store = Store(path)
+def on_disk(location: str, request: pytest.FixtureRequest) -> bytes:
+    """Every byte the database keeps: SQLite's db, -wal and -shm; PostgreSQL's data directory (tables, WAL)."""
+    if location.startswith("postgresql://"):
+        cluster = request.getfixturevalue("pg_server")
+        cluster.admin("CHECKPOINT")  # the rows reach the table files as well as the WAL
+        return b"".join(p.read_bytes() for p in cluster.data.rglob("*") if p.is_file())
+    return b"".join(p.read_bytes() for p in Path(location).parent.iterdir())
+
+
+def test_planted_canaries_never_reach_the_disk(location: str, request: pytest.FixtureRequest) -> None:
+    store = Store(location)
     exchange_id = log(
         store,
         question=CANARY_TEXT,
@@ -270,25 +332,20 @@ def test_planted_canaries_never_reach_the_disk(tmp_path: Path) -> None:
     assert store.exchange(exchange_id)["pii_redactions"] == 12
     store.close()
 
-    blobs = b"".join(p.read_bytes() for p in tmp_path.iterdir())  # db, -wal and -shm
+    blobs = on_disk(location, request)
     found = [s for s in CANARY_SECRETS if s.encode() in blobs]
-    with sqlite3.connect(path) as conn:
-        cells = [
-            str(v)
-            for (table,) in conn.execute("select name from sqlite_master where type='table'")
-            for row in conn.execute(f"select * from [{table}]")
-            for v in row
-        ]
-    found += [s for s in CANARY_SECRETS if any(s in c for c in cells)]
+    stored = cells(location)
+    found += [s for s in CANARY_SECRETS if any(s in c for c in stored)]
     assert found == []
-    assert any("[EMAIL]" in c and "[CARD]" in c and "[IBAN]" in c for c in cells)
+    assert any("[EMAIL]" in c and "[CARD]" in c and "[IBAN]" in c for c in stored)
+    assert b"[EMAIL]" in blobs  # the scan reads where the rows are
 
 
 # -- threads --------------------------------------------------------------------------------------------
 
 
-def test_threads_can_share_one_store(tmp_path: Path) -> None:
-    store = Store(tmp_path / "bot.db")
+def test_threads_can_share_one_store(location: str) -> None:
+    store = Store(location)
     exchange_id = log(store)
     errors: list[BaseException] = []
 
@@ -307,4 +364,4 @@ def test_threads_can_share_one_store(tmp_path: Path) -> None:
         t.join()
     assert errors == []
     assert len(store.feedback_for(exchange_id)) == 200
-    assert store.db["events"].count == 40
+    assert store.count("events") == 40

@@ -1,1 +1,1 @@
-"""The SQLite store: exchanges, feedback, dedupe keys, migrations and PII scrubbing."""
+"""The store (SQLite file or PostgreSQL): exchanges, feedback, dedupe keys, questions, migrations, PII scrubbing."""

@@ -68,7 +68,7 @@ class Claimed:
 
 
 class Questions:
-    """The questions table of one Store (same connection, same lock, same transactions)."""
+    """The questions table of one Store (same connection, same lock, same transactions, either backend)."""
 
     def __init__(self, store: Store, owner: str | None = None, *, lease_s: float = LEASE_S,
                  clock: Any = time.time):
@@ -95,22 +95,23 @@ class Questions:
         store, key, now = self.store, self.store._event_hash(event_key), self.clock()
         clean, chars = store.clean_question(text)
         with store.write() as db:
-            fresh = db.execute("INSERT OR IGNORE INTO events (key, created_at) VALUES (?, ?)",
+            # PostgreSQL: a concurrent claim of the same key makes this insert wait for that commit, then skip.
+            fresh = db.execute("INSERT INTO events (key, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
                                (key, store.clock())).rowcount == 1
             if fresh:
-                cur = db.execute(
+                new = db.execute(
                     "INSERT INTO questions (event_key, created_at, updated_at, status, source, channel, user_hash,"
                     " question, question_chars, resume, owner, lease_until, attempts)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) RETURNING id",
                     (key, store.clock(), store.clock(), status, source, channel, store.hash_user(user), clean,
                      chars, json.dumps(resume), self.owner, now + self.lease_s),
-                )
-                return Claimed(int(cur.lastrowid), status, False, 0, None, resume)
-            cur = db.execute("SELECT * FROM questions WHERE event_key = ?", (key,))
-            row = cur.fetchone()
-            if row is None:
+                ).fetchone()
+                return Claimed(int(new[0]), status, False, 0, None, resume)
+            # Locked for the update below, read as it is once any other holder commits. Never skipped: a replica
+            # checking a duplicate delivery holds the row for a moment, and our own listener must still get it.
+            found = db.one("SELECT * FROM questions WHERE event_key = ?" + db.row_lock, (key,))
+            if found is None:
                 return None  # an event claimed without a question (an older version, a reaction)
-            found = dict(zip([c[0] for c in cur.description], row, strict=True))
             if status == "queued" and found["owner"] == self.owner and found["status"] in ("received", "queued"):
                 # Our middleware received (or took over) this very delivery; the listener makes it the question.
                 # A second delivery never gets here: the middleware drops it while we hold the lease.
@@ -141,7 +142,7 @@ class Questions:
         status = "queued" if row["status"] == "answering" else row["status"]
         cur = db.execute(
             "UPDATE questions SET owner = ?, lease_until = ?, status = ?, updated_at = ?"
-            " WHERE id = ? AND owner IS ? AND status IN ('received', 'queued', 'answering')",
+            " WHERE id = ? AND owner IS NOT DISTINCT FROM ? AND status IN ('received', 'queued', 'answering')",
             (self.owner, now + self.lease_s, status, self.store.clock(), row["id"], row["owner"]),
         )
         if cur.rowcount != 1:
@@ -152,27 +153,25 @@ class Questions:
     def take_stale(self, grace_s: float = 0.0) -> list[Claimed]:
         """Every open question whose owner's lease lapsed (`grace_s` ago) or whose owner died, now ours."""
         now = self.clock()
-        rows = self.store.query(
-            "SELECT * FROM questions WHERE status IN ('received', 'queued', 'answering') ORDER BY id")
         taken = []
-        for row in rows:
-            if not self._takeable(row, now - grace_s):
-                continue
-            with self.store.write() as db:
-                claimed = self._take(db, row, now)
-            if claimed:
-                taken.append(claimed)
+        with self.store.write() as db:
+            # PostgreSQL: rows another host's sweeper holds are skipped, not waited for (it is taking them).
+            rows = db.query("SELECT * FROM questions WHERE status IN ('received', 'queued', 'answering') ORDER BY id"
+                            + db.row_lock_skip)
+            for row in rows:
+                if self._takeable(row, now - grace_s) and (claimed := self._take(db, row, now)):
+                    taken.append(claimed)
         return taken
 
     def start(self, question_id: int) -> int:
         """Mark it answering; returns the attempt number (1 for the first try)."""
         with self.store.write() as db:
-            db.execute(
+            row = db.execute(
                 "UPDATE questions SET status = 'answering', attempts = attempts + 1, lease_until = ?,"
-                " updated_at = ? WHERE id = ?",
+                " updated_at = ? WHERE id = ? RETURNING attempts",
                 (self.clock() + self.lease_s, self.store.clock(), question_id),
-            )
-            return int(db.execute("SELECT attempts FROM questions WHERE id = ?", (question_id,)).fetchone()[0])
+            ).fetchone()
+            return int(row[0])
 
     def set_placeholder(self, question_id: int, ts: str) -> None:
         with self.store.write() as db:

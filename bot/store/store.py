@@ -1,37 +1,37 @@
-"""The durable store: exchanges, feedback, handled Slack events and training runs in one SQLite file.
+"""The durable store: exchanges, feedback, handled Slack events, questions and training runs.
 
-Privacy happens here, at the only door to the disk: every user-facing text is PII-scrubbed (`bot.store.pii`) and
-every Slack user id is replaced by a salted hash before a row is written. Event keys are hashed too, so a
-caller that builds a key from a user id cannot leak it.
+`DOMAINBOT_DB` names where they live: a SQLite file (the default) or a PostgreSQL URL (`postgresql://…`), the
+shared store for replicas on several hosts (`bot.store.backend`, `bot.store.postgres`). Both get the same
+numbered migrations, the same UNIQUE event keys, the same SQL and the same privacy.
 
-Durability and concurrency (docs/design.md "SQLite facts"): WAL + synchronous=NORMAL lost no acknowledged commit
-in 200 `kill -9`s; every write runs in `BEGIN IMMEDIATE` (a deferred read-then-write transaction failed
-with "database is locked" 3,462 times in 4,000 under 4 writers) and waits up to `busy_timeout`.
-One connection per Store, shared by threads behind a lock; scale with processes.
+Privacy happens here, at the only door to the disk, before any backend sees a row: every user-facing text is
+PII-scrubbed (`bot.store.pii`) and every Slack user id is replaced by a salted hash before a row is written.
+Event keys are hashed too, so a caller that builds a key from a user id cannot leak it.
+
+Durability and concurrency: see the backends. Every write is one transaction (`write()`): SQLite's
+`BEGIN IMMEDIATE`, PostgreSQL's BEGIN; a method returns only after its COMMIT. One connection per Store,
+shared by threads behind a lock; scale with processes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
+from bot.store.backend import BUSY_TIMEOUT_MS, Backend, StoreUnavailable, is_postgres_url, postgres_url  # noqa: F401
 from bot.store.migrations import migrate
 from bot.store.pii import scrub, scrub_counted
+from bot.store.sqlite_backend import SqliteBackend, _enable_wal  # noqa: F401  (tests import _enable_wal from here)
 
 STORED_QUESTION_CHARS = 20_000  # the policy's limit: a longer question is refused, and stored cut to this
 STORED_FEEDBACK_CHARS = 20_000
 FEEDBACK_KINDS = frozenset({"reaction", "button", "correction", "reroute", "opt_out"})
-BUSY_TIMEOUT_MS = 30_000
 _JSON_COLUMNS = (
     "router_scores",
     "citations",
@@ -64,66 +64,57 @@ def _decode(row: dict[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
-def _enable_wal(conn: sqlite3.Connection) -> None:
-    """Switch to WAL, waiting out another process that is switching or migrating the same new file (two replicas
-    starting at once): SQLite can answer that lock at once, without its busy handler."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+def open_backend(location: Path | str) -> Backend:
+    if is_postgres_url(location):
+        from bot.store.postgres import PostgresBackend  # psycopg is only needed for a PostgreSQL URL
+
+        return PostgresBackend(postgres_url(location))
+    return SqliteBackend(location)
 
 
 class Store:
     def __init__(
         self, path: Path | str, *, salt: str = "domainbot", clock: Callable[[], str] = utc_now
     ) -> None:
-        self.path = str(path)
+        """`path`: a SQLite file (":memory:" too) or a PostgreSQL URL."""
+        self.backend: Backend = open_backend(path)
+        self.path = self.backend.location
+        self.dialect = self.backend.dialect
+        self.db = self.backend.native  # sqlite_utils.Database, or the psycopg Connection
         self.salt = salt
         self.clock = clock
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
-        # journal_mode can't change inside a transaction; set every pragma before the first one.
-        _enable_wal(conn)
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA foreign_keys=ON")
-        self.db = sqlite_utils.Database(conn)
         self._lock = threading.RLock()
-        with self.write():
-            self.migrations_applied = migrate(self.db)
+        try:
+            with self.write() as db:
+                self.migrations_applied = migrate(db)
+        except BaseException:
+            self.backend.close()
+            raise
 
     @classmethod
     def from_settings(cls, settings: Any) -> Store:
-        return cls(settings.db_path, salt=settings.user_hash_salt)
+        # db_url: a PostgreSQL URL kept as text (a Path folds its "//"); db_path: the SQLite file.
+        return cls(getattr(settings, "db_url", None) or settings.db_path, salt=settings.user_hash_salt)
 
     # -- plumbing ---------------------------------------------------------------------------------------
 
     @contextmanager
-    def write(self) -> Iterator[sqlite_utils.Database]:
-        """One write transaction, taken with BEGIN IMMEDIATE so read-then-write never hits a lock upgrade."""
-        with self._lock:
-            conn = self.db.conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.db
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+    def write(self) -> Iterator[Backend]:
+        """One write transaction (SQLite: BEGIN IMMEDIATE, so read-then-write never hits a lock upgrade)."""
+        with self._lock, self.backend.transaction() as db:
+            yield db
 
     def query(self, sql: str, params: tuple | dict = ()) -> list[dict[str, Any]]:
         with self._lock:
-            return list(self.db.query(sql, params))
+            return self.backend.query(sql, params)
 
     def _one(self, sql: str, params: tuple | dict = ()) -> dict[str, Any] | None:
         rows = self.query(sql, params)
         return _decode(rows[0]) if rows else None
+
+    def count(self, table: str) -> int:
+        with self._lock:
+            return self.backend.count(table)
 
     def hash_user(self, user: str | None) -> str | None:
         return hash_value(user, self.salt) if user else None
@@ -139,7 +130,7 @@ class Store:
 
     def close(self) -> None:
         with self._lock:
-            self.db.close()
+            self.backend.close()
 
     def __enter__(self) -> Store:
         return self
@@ -148,7 +139,8 @@ class Store:
         self.close()
 
     def integrity_check(self) -> str:
-        return self.db.execute("PRAGMA integrity_check").fetchone()[0]
+        with self._lock:
+            return self.backend.integrity_check()
 
     # -- Slack events -----------------------------------------------------------------------------------
 
@@ -156,7 +148,7 @@ class Store:
         """True the first time `key` is seen (by any process), False for a duplicate."""
         with self.write() as db:
             cur = db.execute(
-                "INSERT OR IGNORE INTO events (key, created_at) VALUES (?, ?)",
+                "INSERT INTO events (key, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 (self._event_hash(key), self.clock()),
             )
             return cur.rowcount == 1
@@ -218,11 +210,13 @@ class Store:
         cols = ", ".join(row)
         marks = ", ".join("?" for _ in row)
         with self.write() as db:
-            cur = db.execute(
-                f"INSERT OR IGNORE INTO exchanges ({cols}) VALUES ({marks})", tuple(row.values())
-            )
-            if cur.rowcount == 1:
-                return int(cur.lastrowid)
+            inserted = db.execute(
+                f"INSERT INTO exchanges ({cols}) VALUES ({marks}) ON CONFLICT DO NOTHING RETURNING id",
+                tuple(row.values()),
+            ).fetchone()
+            if inserted is not None:
+                return int(inserted[0])
+            # A repeated event_key: the first delivery's row (on PostgreSQL the insert waited for its commit).
             existing = db.execute(
                 "SELECT id FROM exchanges WHERE event_key = ?", (row["event_key"],)
             ).fetchone()
@@ -282,8 +276,8 @@ class Store:
             if db.execute("SELECT 1 FROM exchanges WHERE id = ?", (exchange_id,)).fetchone() is None:
                 raise UnknownExchange(f"no exchange {exchange_id}")
             cur = db.execute(
-                "INSERT OR IGNORE INTO feedback (exchange_id, kind, value, user_hash, created_at, event_key)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO feedback (exchange_id, kind, value, user_hash, created_at, event_key)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 row,
             )
             return cur.rowcount == 1
@@ -327,12 +321,12 @@ class Store:
 
     def start_run(self, domain: str, *, current_version: str, config: dict | None = None) -> int:
         with self.write() as db:
-            cur = db.execute(
+            row = db.execute(
                 "INSERT INTO training_runs (domain, started_at, status, current_version, promoted, config)"
-                " VALUES (?, ?, 'running', ?, 0, ?)",
+                " VALUES (?, ?, 'running', ?, 0, ?) RETURNING id",
                 (domain, self.clock(), current_version, json.dumps(config or {}, default=str)),
-            )
-            return int(cur.lastrowid)
+            ).fetchone()
+            return int(row[0])
 
     def finish_run(self, run_id: int, *, status: str, reason: str, **fields: Any) -> None:
         values = {"status": status, "reason": reason, "finished_at": self.clock(), **fields}
@@ -342,7 +336,13 @@ class Store:
         if "promoted" in values:
             values["promoted"] = int(bool(values["promoted"]))
         with self.write() as db:
-            db["training_runs"].update(run_id, values)
+            unknown = sorted(set(values) - set(db.columns("training_runs")))
+            if unknown:
+                raise ValueError(f"training_runs has no column {', '.join(unknown)}")
+            sets = ", ".join(f"{col} = ?" for col in values)  # names checked against the table just above
+            cur = db.execute(f"UPDATE training_runs SET {sets} WHERE id = ?", (*values.values(), run_id))
+            if cur.rowcount == 0:
+                raise LookupError(f"no training run {run_id}")
 
     def runs(self, domain: str | None = None) -> list[dict]:
         sql = "SELECT * FROM training_runs" + (" WHERE domain = ?" if domain else "") + " ORDER BY id"
