@@ -61,6 +61,32 @@ def test_bad_flags_are_refused(env: Path, capsys: pytest.CaptureFixture) -> None
     assert "must be at least 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--alpha", "1.5"], "must be between 0 and 1"),
+    (["--kto-steps", "-1"], "must be 0 or more"),
+    (["--test-limit", "-3"], "must be 0 or more"),
+])
+def test_bad_gate_and_kto_flags_are_refused(env: Path, capsys: pytest.CaptureFixture, flags, message) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["retrain", "finance", *flags])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_gate_and_kto_flags_reach_the_retrain_config() -> None:
+    import argparse
+
+    from training.feedback_cli import _retrain_config, _train_flags
+    from training.retrain import RetrainConfig
+
+    p = argparse.ArgumentParser()
+    _train_flags(p)
+    cfg = _retrain_config(p.parse_args(["--kto-steps", "0", "--alpha", "0.1", "--test-limit", "5"]))
+    assert (cfg.kto_steps, cfg.alpha, cfg.test_limit) == (0, 0.1, 5)
+    defaults = RetrainConfig()
+    unset = _retrain_config(p.parse_args([]))
+    assert (unset.kto_steps, unset.alpha, unset.test_limit) == (defaults.kto_steps, defaults.alpha, defaults.test_limit)
+
+
 def test_worker_once_with_nothing_due(env: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["worker", "--once", "--min-new", "3"]) == 0
     assert "no domain has enough new feedback examples yet" in capsys.readouterr().out

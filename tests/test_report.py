@@ -158,3 +158,26 @@ def test_guard_verdicts_per_version_and_forced_promotions_reach_the_report(tmp_p
     page = out.html_path.read_text()
     assert "Grounding guard per version" in page and "2 (67%)" in page  # v1's quoted share
     assert "legal/v2" in page and "qa +12 points; &lt;b&gt;3 quotes&lt;/b&gt;" in page  # the reason, escaped
+
+
+def test_retrain_verdicts_with_their_intervals_reach_the_report(tmp_path: Path) -> None:
+    store = Store(":memory:")
+    dev = {"finance_qa": {"n": 40, "current": 0.25, "candidate": 0.6, "diff": 0.35, "ci_low": 0.2, "ci_high": 0.5,
+                          "p_value": 0.0001, "significant": True}}  # fmt: skip
+    test = {"finance_qa": {**dev["finance_qa"], "candidate": 0.5, "diff": 0.25}}
+    run = store.start_run("finance", current_version="v1", config={"seed": 0})
+    store.finish_run(run, status="promoted", reason="significant gain", candidate_version="v2",
+                     config={"seed": 0, "verdict": {"dev": dev, "test": test}})  # fmt: skip
+    bad = store.start_run("finance", current_version="v2")
+    store.finish_run(bad, status="rejected", reason="finance_qa: no significant gain <poison>", candidate_version="v3")
+    store.finish_run(store.start_run("finance", current_version="v2"), status="skipped", reason="nothing new")
+
+    verdicts = report.retrain_verdicts(store.runs("finance"))
+    assert [(v["status"], v["to"]) for v in verdicts] == [("promoted", "v2"), ("rejected", "v3")]  # skipped: no verdict
+    assert report.paired_cell(verdicts[0]["dev"]) == (
+        "finance_qa: 0.250 -> 0.600 (+0.350, n=40, CI [+0.200, +0.500], p=0.0001)"
+    )
+    assert report.paired_cell(verdicts[1]["dev"]) == "-"
+    page = report.write_report(store, tmp_path / "r").html_path.read_text()
+    assert "Retrain verdicts" in page and "CI [+0.200, +0.500]" in page and "0.250 -&gt; 0.500" in page
+    assert "&lt;poison&gt;" in page and "<poison>" not in page

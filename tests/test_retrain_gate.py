@@ -88,10 +88,10 @@ def test_a_degraded_candidate_is_rejected_by_the_gate(workspace, runtime, embedd
     run = store.runs("finance")[-1]
     assert (run["status"], run["promoted"], run["candidate_version"]) == ("rejected", 0, "v2")
     assert run["reason"] == out.reason
-    assert adapters.AdapterVersion("v2", finance.adapters_dir / "v2").meta["gate"] == {
-        "promoted": False,
-        "reason": out.reason,
-    }
+    gate = adapters.AdapterVersion("v2", finance.adapters_dir / "v2").meta["gate"]
+    assert (gate["promoted"], gate["reason"]) == (False, out.reason)
+    assert gate["dev"][TASK]["n"] == 20 and not gate["dev"][TASK]["significant"]
+    assert run["config"]["verdict"]["dev"] == gate["dev"]  # the paired numbers are in training_runs too
 
 
 def test_kill_9_during_retraining_leaves_the_live_adapter_untouched(workspace) -> None:

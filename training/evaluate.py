@@ -337,6 +337,40 @@ def gate(candidate, current, margin: float = 0.01) -> tuple[bool, str]:
     return True, f"overall {mean_cur:.3f} -> {mean_cand:.3f}; no task dropped more than {margin}"
 
 
+def yardstick(candidate: EvalResult, current: EvalResult) -> list[str]:
+    """The tasks a retrain must significantly improve: the open_qa job where it was evaluated, else every task."""
+    shared = sorted(set(candidate.tasks) & set(current.tasks))
+    job = [t for t in shared if current.tasks[t].get("kind") == qa_eval.KIND]
+    return job or shared
+
+
+def job_gate(candidate: EvalResult, current: EvalResult, margin: float = 0.01, *, alpha: float = 0.05,
+             seed: int = 0) -> tuple[bool, str, dict[str, dict]]:  # fmt: skip
+    """Retrain's gate: `gate` (nothing lost beyond `margin`), then a paired significance test on the same items
+    of each yardstick task (`training.significance`): the candidate must be better beyond chance, not merely
+    tied. Returns (ok, reason, {task: the paired comparison as a dict}), the numbers kept whatever the verdict."""
+    from training import significance as sig
+
+    paired: dict[str, sig.Paired] = {}
+    unpaired = ""
+    try:
+        for task in yardstick(candidate, current):
+            paired[task] = sig.compare_items(current.items, candidate.items, task, alpha=alpha, seed=seed)
+    except sig.PairingError as exc:
+        unpaired = f"cannot compare the adapters item by item: {exc}"
+    numbers = {t: p.to_dict() for t, p in paired.items()}
+    ok, reason = gate(candidate, current, margin)
+    if not ok or unpaired:  # a loss beyond the margin is the clearer reason, so it comes first
+        return False, reason if not ok else unpaired, numbers
+    if not paired:
+        return False, "no task was scored for both the candidate and the current adapter", numbers
+    weak = [t for t, p in paired.items() if not p.significant]
+    if weak:
+        return False, f"{weak[0]}: no significant gain at alpha {alpha}: {paired[weak[0]].describe()}", numbers
+    summary = "; ".join(f"{t}: {p.describe()}" for t, p in paired.items())
+    return True, f"significant gain on {summary}; no task dropped more than {margin}", numbers
+
+
 # ---- reports: results.json, a table, a PNG --------------------------------------------------------------
 def table(results: Sequence[EvalResult]) -> str:
     """Per task: each adapter's primary score (+ accuracy or EM), with the majority baseline beside classifiers."""

@@ -3,7 +3,8 @@
 Rules, per exchange of the domain (only kind == "answer": refusals and redirects come from policy, not the model):
 - an opt-out removes the exchange from every training set, whatever else it received;
 - a correction makes an SFT example with the corrected answer (the latest correction wins);
-- a net positive vote makes an SFT example with the bot's own answer;
+- a net positive vote makes an SFT example with the bot's own answer, unless the guard replaced that answer
+  (verdict "quoted" or "no-sources": the text is a quote or a refusal, not the model's answer to learn);
 - a net non-positive vote with a 👎 and no correction is excluded and listed for the domain owner to review.
 
 Votes: each user counts once per exchange. A user's latest vote event wins ("+1" / "-1", from a reaction or a
@@ -34,6 +35,7 @@ VOTE_WORDS: dict[str, int] = {
     "bad": -1,
 }
 REMOVED = "removed:"
+GUARDED = ("quoted", "no-sources")  # guard verdicts whose text is not the model's answer: never learned from
 VOTE_KINDS = ("reaction", "button")
 
 
@@ -53,8 +55,9 @@ class Tally:
     down: int = 0
 
 
-def tally_votes(feedback: Iterable[Mapping]) -> dict[int, Tally]:
-    """Each user's standing vote per exchange, replayed in id order, summed per exchange."""
+def standing_votes(feedback: Iterable[Mapping]) -> dict[tuple[int, str | None], int]:
+    """(exchange id, user hash) -> that user's standing vote (+1/-1), replayed in id order: a removed vote is
+    no vote, a repeated one counts once, the latest direction wins."""
     standing: dict[tuple[int, str | None], int] = {}
     for row in sorted(feedback, key=lambda r: r["id"]):
         if row["kind"] not in VOTE_KINDS:
@@ -68,8 +71,13 @@ def tally_votes(feedback: Iterable[Mapping]) -> dict[int, Tally]:
             standing[key] = direction
         elif standing.get(key) == direction:
             del standing[key]
+    return standing
+
+
+def tally_votes(feedback: Iterable[Mapping]) -> dict[int, Tally]:
+    """Each user's standing vote per exchange, summed per exchange."""
     out: dict[int, Tally] = {}
-    for (exchange_id, _), vote in standing.items():
+    for (exchange_id, _), vote in standing_votes(feedback).items():
         t = out.get(exchange_id, Tally())
         out[exchange_id] = Tally(t.net + vote, t.up + (vote > 0), t.down + (vote < 0))
     return out
@@ -92,7 +100,7 @@ class Judged:
         if self.correction is not None:
             return "corrected"
         if self.tally.net > 0:
-            return "positive"
+            return "guarded" if self.exchange.get("guard_verdict") in GUARDED else "positive"
         if self.tally.down > 0:
             return "needs_review"
         return "no_signal"
@@ -137,13 +145,22 @@ def to_example(
     count: TokenCounter = approx_tokens,
 ) -> Example | None:
     """The SFT example for one usable exchange, or None when its cited passages are gone from the index."""
-    cited = list(judged.exchange.get("citations") or [])
+    messages = prompt_messages(judged.exchange, system_prompt=system_prompt, domain_names=domain_names,
+                               lookup=lookup, budget=budget, count=count)  # fmt: skip
+    if messages is None:
+        return None
+    return Example(messages, judged.target, f"feedback_{judged.status}", judged.source_id)
+
+
+def prompt_messages(exchange: Mapping, *, system_prompt: str, domain_names: Sequence[str], lookup: ChunkLookup,
+                    budget: int, count: TokenCounter = approx_tokens) -> list[dict] | None:  # fmt: skip
+    """The prompt the model saw for an exchange (its cited passages looked up again), None if they are gone."""
+    cited = list(exchange.get("citations") or [])
     passages = [p for p in map(lookup, cited) if p is not None]
     if cited and not passages:
         return None  # training on the answer without the sources it was drawn from would teach guessing
-    _, question = explicit_prefix(judged.exchange["question"], list(domain_names))
-    built = build_messages(system_prompt, question, passages, budget=budget, count=count)
-    return Example(built.messages, judged.target, f"feedback_{judged.status}", judged.source_id)
+    _, question = explicit_prefix(exchange["question"], list(domain_names))
+    return build_messages(system_prompt, question, passages, budget=budget, count=count).messages
 
 
 @dataclass

@@ -15,6 +15,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _alpha(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
 def _retrain_config(args: argparse.Namespace):
     from training.retrain import RetrainConfig
 
@@ -23,6 +37,7 @@ def _retrain_config(args: argparse.Namespace):
         "max_steps": args.steps, "epochs": args.epochs, "eval_limit": args.eval_limit, "margin": args.margin,
         "min_examples": args.min_examples, "threads": args.threads,
         "replay_tasks": tuple(args.replay_task or ()) or None, "eval_tasks": tuple(args.eval_task or ()) or None,
+        "kto_steps": args.kto_steps, "alpha": args.alpha, "test_limit": args.test_limit,
     }  # fmt: skip
     for name, value in changes.items():
         if value is not None:
@@ -116,6 +131,10 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
         "--min-examples", type=_positive_int, help="skip the run below this many feedback examples"
     )
     p.add_argument("--threads", type=int, help="CPU threads for training (default: all)")
+    p.add_argument("--kto-steps", type=_non_negative_int, help="KTO steps on unpaired 👍/👎 after SFT (default 8; 0: none)")
+    p.add_argument("--alpha", type=_alpha, help="the gate's significance level on the qa job (default 0.05)")
+    p.add_argument("--test-limit", type=_non_negative_int,
+                   help="qa test items reported after the verdict (default 40; 0: skip)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -350,6 +350,45 @@ def _forced_html(items: Sequence[Mapping]) -> str:
     return f"<table><tr><th>version</th><th>when</th><th>reason</th></tr>{rows}</table>"
 
 
+def retrain_verdicts(runs: Sequence[Mapping]) -> list[dict]:
+    """Each finished retrain's verdict with its paired numbers (dev: what decided; test: reported after)."""
+    out = []
+    for run in runs:
+        if run.get("status") not in ("promoted", "rejected"):
+            continue
+        verdict = (run.get("config") or {}).get("verdict") or {}
+        out.append({
+            "run": run["id"], "domain": run["domain"], "status": run["status"], "reason": run.get("reason") or "",
+            "from": run.get("current_version"), "to": run.get("candidate_version"),
+            "dev": verdict.get("dev") or {}, "test": verdict.get("test") or {},
+        })  # fmt: skip
+    return out
+
+
+def paired_cell(paired: Mapping) -> str:
+    """'finance_qa: 0.250 -> 0.600 (+0.350, CI [+0.2, +0.5], p=0.0001)' per task."""
+    parts = []
+    for task, p in sorted(paired.items()):
+        if not isinstance(p, Mapping) or "ci_low" not in p:
+            continue
+        parts.append(f"{task}: {p['current']:.3f} -> {p['candidate']:.3f} ({p['diff']:+.3f}, n={p['n']}, "
+                     f"CI [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}], p={p['p_value']:.3g})")  # fmt: skip
+    return "; ".join(parts) or "-"
+
+
+def _verdicts_html(items: Sequence[Mapping]) -> str:
+    if not items:
+        return "<p>No retrain has reached a verdict yet.</p>"
+    cells = ("run", "domain", "status", "from", "to", "dev (decided)", "test (reported)", "reason")
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
+            i["run"], i["domain"], i["status"], i["from"], i["to"], paired_cell(i["dev"]), paired_cell(i["test"]),
+            i["reason"])) + "</tr>"
+        for i in items
+    )  # fmt: skip
+    return "<table><tr>" + "".join(f"<th>{c}</th>" for c in cells) + f"</tr>{rows}</table>"
+
+
 def _summary_html(rows: Sequence[DomainSummary]) -> str:
     head = "".join(f"<th>{h}</th>" for h in ("domain", "exchanges", "👍", "👎", "👍 rate", "corrections",
                                              "reroutes", "opt-outs", "abstained", "last run"))  # fmt: skip
@@ -402,6 +441,7 @@ def write_report(
         f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
         f"<h2>Summary</h2>{_summary_html(rows)}"
         f"<h2>Grounding guard per version</h2>{_guard_html(guard_rates(exchanges))}"
+        f"<h2>Retrain verdicts</h2>{_verdicts_html(retrain_verdicts(runs))}"
         f"<h2>Promoted over a failed gate</h2>"
         f"{_forced_html(forced_promotions(d for d in domains if domain in (None, d.name)))}"
         f"<h2>Plots</h2>{images}"

@@ -4,7 +4,10 @@
    sample of train.jsonl so the domain doesn't forget what it knew.
 2. Warm-start from the live adapter and train a few steps; export and verify the candidate as a new version
    folder (`training.export.publish` stages it and renames it into place, so a crash leaves no half version).
-3. Evaluate the candidate and the live adapter on the same eval items; `training.evaluate.gate` decides.
+3. Evaluate the candidate and the live adapter on the same dev items; `training.evaluate.job_gate` decides:
+   nothing lost beyond the margin on any task, and a gain on the `<domain>_qa` job that is significant for the
+   number of items (exact McNemar on the paired items, with a bootstrap CI of the difference). The test split is
+   evaluated after the verdict, for the record only. Every number goes into `training_runs`.
    A domain trained from its documents alone (no eval.jsonl) replays windows of its training documents instead
    of train.jsonl rows and is judged by held-out perplexity (`training.perplexity`).
 4. Promote atomically (`bot.adapters.promote`): the running bot sees the new `current` pointer on its next
@@ -53,6 +56,13 @@ class RetrainConfig:
     eval_limit: int | None = 40  # eval items per task, the same items for candidate and current
     eval_tasks: tuple[str, ...] = ()  # empty: every task
     margin: float | None = None  # None: settings.gate_margin (0.01 = 1 point)
+    alpha: float = 0.05  # the paired test's significance level on the yardstick task(s)
+    test_limit: int | None = 40  # open_qa test items reported after the verdict (0: skip; None: all)
+    kto_steps: int = 8  # KTO steps over the 👍/👎 after the SFT steps (`training.kto`); 0: SFT only
+    kto_lr: float = 5e-5
+    kto_beta: float = 0.1
+    kto_per_user: int = 20  # caps against one loud user and one popular question
+    kto_per_question: int = 3
     min_examples: int = 1
     seed: int = 0
     threads: int = 0
@@ -75,6 +85,7 @@ class RetrainOutcome:
     metrics_current: dict = field(default_factory=dict)
     metrics_candidate: dict = field(default_factory=dict)
     router: dict = field(default_factory=dict)
+    verdict: dict = field(default_factory=dict)  # the gate's paired numbers (dev) and the test split's report
 
     @property
     def promoted(self) -> bool:
@@ -138,10 +149,17 @@ def attempted_ids(store: Store, domain: str) -> set[str]:
     }
 
 
+def usable_ids(store: Store, domain: str) -> list[str]:
+    """Every training signal the stored feedback gives now: SFT examples, plus the plain 👎 that only KTO uses."""
+    from training import kto
+
+    return fd.usable_source_ids(store, domain) + kto.usable_source_ids(store, domain, only_new_kinds=True)
+
+
 def new_example_count(store: Store, domain: str) -> int:
-    """Usable feedback examples no run has tried yet: what the worker counts toward its threshold."""
+    """Usable feedback signals no run has tried yet: what the worker counts toward its threshold."""
     seen = attempted_ids(store, domain)
-    return sum(1 for sid in fd.usable_source_ids(store, domain) if sid not in seen)
+    return sum(1 for sid in usable_ids(store, domain) if sid not in seen)
 
 
 def mark_abandoned(store: Store, domain: str) -> None:
@@ -182,9 +200,9 @@ def warm_start_dir(domain: Domain, version: str) -> Path | None:
 
 def train_candidate(
     domain: Domain, examples: list, cfg: RetrainConfig, settings: Settings, *, warm_start: Path | None,
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, float], None] | None = None, kto_data=None, kto_log: dict | None = None,
 ) -> adapters.AdapterVersion:  # fmt: skip
-    """Train and publish a new, unpromoted version folder."""
+    """Train (SFT, then KTO over `kto_data` when given) and publish a new, unpromoted version folder."""
     from training.export import publish
     from training.finetune import TrainConfig, served_gguf, train
 
@@ -193,6 +211,13 @@ def train_candidate(
         warmup_steps=min(3, cfg.max_steps), seed=cfg.seed, threads=cfg.threads, warm_start=warm_start,
     )  # fmt: skip
     result = train(domain, tcfg, examples, settings=settings, on_step=on_step, resume=False)
+    if kto_data is not None and cfg.kto_steps and len(kto_data.rows) >= 2:
+        from training import kto
+
+        ks = kto.KTOSettings(steps=cfg.kto_steps, lr=cfg.kto_lr, beta=cfg.kto_beta, seed=cfg.seed, threads=cfg.threads)
+        numbers = kto.refine(result.peft_dir, kto_data, served_gguf(settings), ks)
+        if kto_log is not None:
+            kto_log.update(numbers, rows=len(kto_data.rows), **kto_data.counts)
     version = publish(
         result, examples, adapters_dir=domain.adapters_dir, base_gguf=served_gguf(settings),
         verify_with=cfg.verify_with, threads=cfg.threads, command=f"domainbot retrain {domain.name}",
@@ -231,27 +256,60 @@ def judge_by_perplexity(domain: Domain, candidate: str, margin: float,
     return gate["passed"], gate["reason"], as_metrics(record["live_perplexity"]), as_metrics(record["adapter"])
 
 
-def judge(domain: Domain, candidate: str, current: str, cfg: RetrainConfig, settings: Settings,
-          answerer=None) -> tuple[bool, str, Any, Any]:  # fmt: skip
-    """Evaluate both adapters on the same items and apply the gate: (ok, reason, current, candidate results)."""
+@dataclass
+class Verdict:
+    ok: bool
+    reason: str
+    current: Any  # EvalResult (or perplexity metrics) of the live adapter
+    candidate: Any
+    paired: dict = field(default_factory=dict)  # task -> the paired comparison (training.significance)
+
+
+def judge_job(domain: Domain, candidate: str, current: str, cfg: RetrainConfig, settings: Settings,
+              answerer=None) -> Verdict:  # fmt: skip
+    """Evaluate both adapters on the same dev items and apply the job gate (see the module doc)."""
     from training import perplexity
-    from training.evaluate import evaluate, gate
+    from training.evaluate import evaluate, job_gate
 
     margin = settings.gate_margin if cfg.margin is None else cfg.margin
     if perplexity.docs_only(domain):
-        return judge_by_perplexity(domain, candidate, margin, settings)
+        return Verdict(*judge_by_perplexity(domain, candidate, margin, settings))
     kwargs = {"limit": cfg.eval_limit, "tasks": list(cfg.eval_tasks) or None, "settings": settings,
-              "answerer": answerer, "with_retrieval": False, "split": "dev"}  # fmt: skip
+              "answerer": answerer, "with_retrieval": False, "split": "dev", "progress": False}  # fmt: skip
     # Gate on the dev split: the test split is only reported, never used to choose.
     cand = evaluate(domain, candidate, **kwargs)
     cur = evaluate(domain, current, **kwargs)
-    ok, reason = gate(cand, cur, margin)
-    return ok, reason, cur, cand
+    ok, reason, paired = job_gate(cand, cur, margin, alpha=cfg.alpha, seed=cfg.seed)
+    return Verdict(ok, reason, cur, cand, paired)
 
 
-def note_verdict(version_dir: Path, ok: bool, reason: str) -> None:
-    """Write the gate's verdict into the candidate's meta.json, so `domainbot adapters` can show it."""
-    adapters.update_meta(version_dir, gate={"promoted": ok, "reason": reason})
+def judge(domain: Domain, candidate: str, current: str, cfg: RetrainConfig, settings: Settings,
+          answerer=None) -> tuple[bool, str, Any, Any]:  # fmt: skip
+    """(ok, reason, current, candidate results) of `judge_job`."""
+    v = judge_job(domain, candidate, current, cfg, settings, answerer)
+    return v.ok, v.reason, v.current, v.candidate
+
+
+def report_test(domain: Domain, candidate: str, current: str, cfg: RetrainConfig, settings: Settings,
+                answerer=None) -> dict:  # fmt: skip
+    """Both adapters on the open_qa tasks' test split, after the verdict: what the owner reads, never a choice."""
+    from training import qa_eval
+    from training import significance as sig
+    from training.evaluate import evaluate
+
+    tasks = sorted(qa_eval.specs(domain))
+    if cfg.test_limit == 0 or not tasks:
+        return {}
+    kwargs = {"limit": cfg.test_limit, "tasks": tasks, "settings": settings, "answerer": answerer,
+              "with_retrieval": False, "split": "test", "progress": False}  # fmt: skip
+    cand, cur = evaluate(domain, candidate, **kwargs), evaluate(domain, current, **kwargs)
+    paired = {t: sig.compare_items(cur.items, cand.items, t, alpha=cfg.alpha, seed=cfg.seed).to_dict() for t in tasks}
+    return {"current": summarize(cur), "candidate": summarize(cand), "paired": paired}
+
+
+def note_verdict(version_dir: Path, ok: bool, reason: str, **numbers: Any) -> None:
+    """Write the gate's verdict (and its numbers) into the candidate's meta.json, for `domainbot adapters`."""
+    adapters.update_meta(version_dir, gate={"promoted": ok, "reason": reason, **numbers})
 
 
 def refit_router(settings: Settings, store: Store, domains: Mapping[str, Domain], retriever=None) -> dict:
@@ -299,7 +357,7 @@ def retrain(
                     out.router = refit_router(settings, store, discovery.domains, ans.retriever)
                 except Exception as exc:  # the adapter verdict stands; routing keeps its previous fit
                     out.router = {"error": f"{type(exc).__name__}: {exc}"}
-                config = {**asdict(cfg), "router": out.router}
+                config = {**asdict(cfg), "router": out.router, **({"verdict": out.verdict} if out.verdict else {})}
                 store.finish_run(out.run_id, status=out.status, reason=out.reason, config=config)
         out.live_version = live_version(domain)
         return out
@@ -321,12 +379,14 @@ def _answering(settings: Settings, answerer) -> Iterator[Any]:
 
 def _run(out: RetrainOutcome, domain: Domain, names: list[str], cfg: RetrainConfig, settings: Settings,
          store: Store, answerer, on_step) -> None:  # fmt: skip
+    from training import kto
     from training.dataset import load_examples
     from training.evaluate import EvalResult, record_metrics
     from training.finetune import load_base, served_gguf, token_counter
 
     consumed = consumed_ids(store, domain.name)
-    usable = [sid for sid in fd.usable_source_ids(store, domain.name) if sid not in consumed]
+    every = usable_ids(store, domain.name) if cfg.kto_steps else fd.usable_source_ids(store, domain.name)
+    usable = [sid for sid in every if sid not in consumed]
     if len(usable) < cfg.min_examples:  # decided before loading anything heavy
         out.status = "skipped"
         out.reason = f"{len(usable)} new feedback example(s); need {cfg.min_examples}"
@@ -337,9 +397,14 @@ def _run(out: RetrainOutcome, domain: Domain, names: list[str], cfg: RetrainConf
     lookup = fd.index_lookup(answerer.retriever, domain)
     data = fd.build(store, domain, lookup=lookup, domain_names=names, budget=settings.prompt_budget, count=count,
                     exclude=consumed)  # fmt: skip
+    kto_data = None
+    if cfg.kto_steps:
+        caps = kto.Caps(per_user=cfg.kto_per_user, per_question=cfg.kto_per_question)
+        kto_data = kto.build(store, domain, lookup=lookup, domain_names=names, budget=settings.prompt_budget,
+                             count=count, caps=caps, exclude=consumed)  # fmt: skip
     out.n_feedback = len(data.examples)
-    out.example_ids = data.source_ids
-    if out.n_feedback < cfg.min_examples:
+    out.example_ids = data.source_ids + (kto_data.source_ids if kto_data else [])
+    if out.n_feedback < cfg.min_examples and not (kto_data and len(kto_data.rows) >= 2):
         out.status = "skipped"
         out.reason = (
             f"{out.n_feedback} usable feedback example(s) after dropping stale ones; need {cfg.min_examples}"
@@ -356,20 +421,32 @@ def _run(out: RetrainOutcome, domain: Domain, names: list[str], cfg: RetrainConf
                                settings=settings, count=count)  # fmt: skip
     out.n_replay = len(replay)
     examples = mix(data.examples, replay, cfg.feedback_repeats, cfg.seed + out.run_id)
-    candidate = train_candidate(domain, examples, cfg, settings,
-                                warm_start=warm_start_dir(domain, out.current_version), on_step=on_step)  # fmt: skip
+    kto_log: dict = {}
+    candidate = train_candidate(domain, examples, cfg, settings, warm_start=warm_start_dir(domain, out.current_version),
+                                on_step=on_step, kto_data=kto_data, kto_log=kto_log)  # fmt: skip
     out.candidate_version = candidate.version
-    ok, reason, current_result, candidate_result = judge(
-        domain, candidate.version, out.current_version, cfg, settings, answerer
-    )
-    out.metrics_current, out.metrics_candidate = summarize(current_result), summarize(candidate_result)
-    if isinstance(candidate_result, EvalResult):  # a perplexity verdict is already in meta.json
-        record_metrics(domain, candidate_result)
-        note_verdict(candidate.path, ok, reason)
+    verdict = judge_job(domain, candidate.version, out.current_version, cfg, settings, answerer)
+    ok, reason = verdict.ok, verdict.reason
+    out.metrics_current, out.metrics_candidate = summarize(verdict.current), summarize(verdict.candidate)
+    out.verdict = {"promoted": ok, "reason": reason, "dev": verdict.paired, "alpha": cfg.alpha,
+                   **({"kto": kto_log} if kto_log else {})}  # fmt: skip
+    if isinstance(verdict.candidate, EvalResult):  # a perplexity verdict is already in meta.json
+        record_metrics(domain, verdict.candidate)
+        note_verdict(candidate.path, ok, reason, dev=verdict.paired)
     if ok:
         adapters.promote(domain.adapters_dir, candidate.version)
     out.status, out.reason = ("promoted" if ok else "rejected"), reason
     _record(store, out)
+    if isinstance(verdict.candidate, EvalResult):
+        try:  # the verdict stands whatever happens here: this is a report
+            test = report_test(domain, candidate.version, out.current_version, cfg, settings, answerer)
+        except Exception as exc:
+            test = {"error": f"{type(exc).__name__}: {exc}"}
+        if test:
+            out.verdict["test"] = test.get("paired", test)
+            out.metrics_current["test"] = test.get("current", {})
+            out.metrics_candidate["test"] = test.get("candidate", {})
+            _record(store, out)
 
 
 def _record(store: Store, out: RetrainOutcome) -> None:
@@ -377,5 +454,11 @@ def _record(store: Store, out: RetrainOutcome) -> None:
         out.run_id, status=out.status, reason=out.reason, promoted=out.promoted,
         candidate_version=out.candidate_version, n_feedback_examples=out.n_feedback, n_replay_examples=out.n_replay,
         example_ids=out.example_ids, metrics_current=out.metrics_current or None,
-        metrics_candidate=out.metrics_candidate or None,
+        metrics_candidate=out.metrics_candidate or None, **({"config": _config(store, out)} if out.verdict else {}),
     )  # fmt: skip
+
+
+def _config(store: Store, out: RetrainOutcome) -> dict:
+    """The run's config as started, plus the verdict's numbers (training_runs has no column of its own for them)."""
+    run = next((r for r in store.runs(out.domain) if r["id"] == out.run_id), {})
+    return {**(run.get("config") or {}), "verdict": out.verdict}

@@ -1,9 +1,12 @@
 """The retraining loop behind the Procfile's `worker:` line.
 
-Every `interval_s` it counts, per domain, the usable feedback examples no run has tried yet, and retrains
-each domain that reached `min_examples` (N, `DOMAINBOT_RETRAIN_MIN_EXAMPLES`). A failed or rejected run
-marks its examples as tried, so the loop waits for N *more* before it tries again instead of spinning.
-A crash of one retrain is logged and the loop goes on; the live adapter is never touched by a failure.
+Every `interval_s` it counts, per domain, the usable feedback signals no run has tried yet (SFT examples from
+👍 and corrections, plus the plain 👎 that KTO learns from) and retrains each domain that reached `min_examples`
+(N, `DOMAINBOT_RETRAIN_MIN_EXAMPLES`). No human decides: `training.retrain`'s job gate promotes a candidate only
+on a significant gain on the domain's `<d>_qa` dev items, and the running bot hot-reloads the new `current`; a bad
+batch (e.g. mostly wrong votes) is rejected with its numbers in `training_runs`. A failed or rejected run marks its
+signals as tried, so the loop waits for N *more* before it tries again instead of spinning. A crash of one
+retrain is logged and the loop goes on; the live adapter is never touched by a failure.
 """
 
 from __future__ import annotations

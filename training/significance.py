@@ -1,0 +1,114 @@
+"""Is the candidate really better than the live adapter on the same eval items, or just lucky?
+
+Both adapters answer the same items, so the comparison is paired: only the discordant items (one right, the
+other wrong) carry evidence. The decision is the exact one-sided McNemar test (a binomial test on the
+discordant items, `scipy.stats.binomtest`); the interval reported beside it is a seeded paired-bootstrap
+percentile CI of the difference in correctness. On 40 items a 3-item gain is noise; on 40 items 10 wins and
+1 loss is not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.stats import binomtest
+
+ALPHA = 0.05
+BOOTSTRAP = 2000
+
+
+class PairingError(ValueError):
+    """The two evaluations did not answer the same items."""
+
+
+@dataclass(frozen=True)
+class Paired:
+    n: int
+    current: float  # correctness of each on the n shared items
+    candidate: float
+    wins: int  # candidate right, current wrong
+    losses: int  # candidate wrong, current right
+    p_value: float  # exact one-sided McNemar: P(>= wins of the discordant items | no real difference)
+    ci_low: float  # paired bootstrap CI of candidate - current
+    ci_high: float
+    confidence: float
+    alpha: float
+
+    @property
+    def diff(self) -> float:
+        return self.candidate - self.current
+
+    @property
+    def significant(self) -> bool:
+        """Better beyond chance: McNemar below alpha and the whole interval above zero."""
+        return self.p_value < self.alpha and self.ci_low > 0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "diff": round(self.diff, 4), "significant": self.significant}
+
+    def describe(self) -> str:
+        return (
+            f"{self.current:.3f} -> {self.candidate:.3f} on {self.n} paired items "
+            f"(+{self.wins}/-{self.losses}, diff {self.diff:+.3f}, {self.confidence:.0%} CI "
+            f"[{self.ci_low:+.3f}, {self.ci_high:+.3f}], McNemar p={self.p_value:.3g})"
+        )
+
+
+def mcnemar_p(wins: int, losses: int) -> float:
+    """One-sided exact McNemar p-value that the candidate is better (1.0 with no discordant item)."""
+    if wins < 0 or losses < 0:
+        raise ValueError(f"counts must be >= 0, got wins={wins} losses={losses}")
+    if wins + losses == 0:
+        return 1.0
+    return float(binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue)
+
+
+def bootstrap_ci(current: Sequence[bool], candidate: Sequence[bool], *, confidence: float = 0.95,
+                 rounds: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float]:  # fmt: skip
+    """Percentile CI of mean(candidate) - mean(current), resampling items (pairs stay together)."""
+    d = np.asarray(candidate, dtype=float) - np.asarray(current, dtype=float)
+    if d.size == 0:
+        raise PairingError("no paired items to compare")
+    idx = np.random.default_rng(seed).integers(0, d.size, size=(rounds, d.size))
+    means = d[idx].mean(axis=1)
+    tail = (1 - confidence) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def compare(current: Sequence[bool], candidate: Sequence[bool], *, alpha: float = ALPHA,
+            confidence: float = 0.95, seed: int = 0) -> Paired:  # fmt: skip
+    """The paired comparison of two equal-length correctness vectors (item i is the same item in both)."""
+    if len(current) != len(candidate):
+        raise PairingError(f"{len(current)} current vs {len(candidate)} candidate items: not paired")
+    if not current:
+        raise PairingError("no paired items to compare")
+    wins = sum(1 for a, b in zip(current, candidate, strict=True) if b and not a)
+    losses = sum(1 for a, b in zip(current, candidate, strict=True) if a and not b)
+    low, high = bootstrap_ci(current, candidate, confidence=confidence, seed=seed)
+    n = len(current)
+    return Paired(n, sum(map(bool, current)) / n, sum(map(bool, candidate)) / n, wins, losses,
+                  mcnemar_p(wins, losses), round(low, 4), round(high, 4), confidence, alpha)  # fmt: skip
+
+
+def item_correct(item: Mapping) -> bool:
+    """One eval item's right/wrong: open_qa's judged `correct`, else the parsed label or exact answer."""
+    if "correct" in item:
+        return bool(item["correct"])
+    if "pred" in item:
+        return item["pred"] == item["gold"]
+    from training.metrics import exact_match, strip_derivation
+
+    return bool(exact_match(strip_derivation(item["output"]), item["gold"]))
+
+
+def compare_items(current: Sequence[Mapping], candidate: Sequence[Mapping], task: str, **kw) -> Paired:
+    """Pair two EvalResults' items of `task` by id; a missing or extra item is an error, never a silent drop."""
+    cur = {it["id"]: item_correct(it) for it in current if it["task"] == task}
+    cand = {it["id"]: item_correct(it) for it in candidate if it["task"] == task}
+    if set(cur) != set(cand):
+        only = sorted(set(cur) ^ set(cand))[:3]
+        raise PairingError(f"{task}: the two evaluations answered different items (e.g. {', '.join(only)})")
+    ids = sorted(cur)
+    return compare([cur[i] for i in ids], [cand[i] for i in ids], **kw)
