@@ -16,7 +16,14 @@ COMMAND_MODULES = ("bot.commands", "bot.domain_cli", "bot.slack.cli", "training.
 log = logging.getLogger("domainbot")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand named on the command line (the first word that is not an option), if any."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """All subcommands, or (with `command`) only the modules up to the one that owns it: `ask` then never
+    imports training code (cold start)."""
     parser = argparse.ArgumentParser(
         prog="domainbot",
         description="Answers questions through domain plugins (finance, legal, medical, ...).",
@@ -31,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+        if command is not None and command in sub.choices:
+            break
     return parser
 
 
@@ -40,7 +49,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(_command_of(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     if not getattr(args, "func", None):

@@ -70,9 +70,13 @@ def render_streamed_end(answer: Answer) -> str:
 
 
 def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
     from bot.answer import Question
 
+    t0 = time.perf_counter()
     answerer = _answerer(settings)
+    startup_s = time.perf_counter() - t0  # imports, model load, router fit, index: apart from answering
     stream = not args.json and sys.stdout.isatty()
     answer = answerer.answer(
         Question(args.question, domain=args.domain, adapter=args.adapter, max_tokens=args.max_tokens),
@@ -80,7 +84,9 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
     )
     _log(settings, answer, args.question, "cli")
     if args.json:
-        print(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
+        out = answer.to_dict()
+        out.setdefault("timings", {})["startup_s"] = round(startup_s, 3)
+        print(json.dumps(out, indent=2, ensure_ascii=False))
     else:
         if stream and answer.kind == "answer":
             print("\n\n" + render_streamed_end(answer))

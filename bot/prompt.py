@@ -6,6 +6,7 @@ exactly the prompt shape they are served with.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -62,6 +63,70 @@ def _cut(text: str, max_tokens: int, count: TokenCounter) -> str:
     return cut.rstrip() + " …"
 
 
+# Sentence ends: . ! ? (optionally closed by a quote/bracket/citation) before a space and a capital,
+# digit or bracket, or a line break.
+_SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9(\[\"'])|\n+")
+_WORD = re.compile(r"[^\W\d_]{3,}|\d+")
+_STOP = frozenset("""the and for are was were with that this from have has had not but can may any all its
+what which who whom whose when where why how does did done into onto than then them they their there these
+those about also been being should would could will shall your you our out more most such only other some""".split())
+
+
+def _stem(word: str) -> str:
+    for suffix in ("ing", "ed", "es", "s"):
+        if len(word) > len(suffix) + 3 and word.endswith(suffix):
+            return word[: -len(suffix)]
+    return word
+
+
+def _terms(text: str) -> set[str]:
+    return {_stem(w) for w in _WORD.findall(text.lower()) if w not in _STOP}
+
+
+def split_sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENT_END.split(text) if s and s.strip()]
+
+
+def best_sentences(text: str, question: str, max_tokens: int, count: TokenCounter) -> str:
+    """Cut `text` to max_tokens by keeping the sentences that best match the question and their neighbours.
+
+    Falls back to the plain head cut when nothing in the passage shares a word with the question.
+    """
+    if count(text) <= max_tokens:
+        return text
+    sentences = split_sentences(text)
+    q = _terms(question)
+    scores = [len(q & _terms(s)) for s in sentences]
+    if len(sentences) < 2 or not q or max(scores) == 0:
+        return _cut(text, max_tokens, count)
+    costs = [count(s) + 1 for s in sentences]
+    kept: set[int] = set()
+    left = max_tokens - 2  # room for the gap marks
+    # Best sentences first (earlier wins a tie), each bringing its neighbours while they fit.
+    for i in sorted(range(len(sentences)), key=lambda i: (-scores[i], i)):
+        if scores[i] == 0:
+            break
+        for j in (i, i + 1, i - 1):
+            if 0 <= j < len(sentences) and j not in kept and costs[j] <= left:
+                kept.add(j)
+                left -= costs[j]
+    if not kept:
+        return _cut(text, max_tokens, count)
+    out: list[str] = []
+    prev = -1
+    for j in sorted(kept):
+        if prev >= 0 and j != prev + 1:
+            out.append("…")
+        out.append(sentences[j])
+        prev = j
+    if prev != len(sentences) - 1:
+        out.append("…")
+    if min(kept) > 0:
+        out.insert(0, "…")
+    result = " ".join(out)
+    return result if count(result) <= max_tokens else _cut(result, max_tokens, count)
+
+
 def format_passage(n: int, passage: Passage) -> str:
     return f"[{n}] {passage.title}\n{passage.text}"
 
@@ -85,7 +150,8 @@ def build_messages(
     """Fit everything into `budget` tokens.
 
     Priority: system prompt, then the question (cut to `question_share` of the budget), then
-    passages in rank order (the last ones are cut or dropped), then history (newest first).
+    passages in rank order (the last ones are cut to their sentences that best match the question, or
+    dropped), then history (newest first).
     """
     overhead = 8  # chat-template tokens per message
     used = count(system_prompt) + overhead
@@ -102,7 +168,7 @@ def build_messages(
         header = count(f"[{len(shown) + 1}] {p.title}\n") + 2
         if room - header < MIN_PASSAGE_TOKENS:
             break
-        text = _cut(p.text, room - header, count)
+        text = best_sentences(p.text, question, room - header, count)
         block = format_passage(len(shown) + 1, Passage(p.chunk_id, p.title, text, p.score, p.doc_id, p.metadata))
         cost = count(block) + 2
         if cost > room:

@@ -82,3 +82,39 @@ def test_the_prompt_the_model_receives_fits_the_budget(runtime, budget):
     assert sent.prompt.endswith("<|im_start|>assistant\n")  # the template really was applied
     assert len(tokens) <= budget, (budget, len(tokens), built.tokens)
     assert built.messages[-1]["role"] == "user" and built.messages[-1]["content"].endswith(" …")  # it was cut
+
+
+PASSAGE = ("The act was passed in 1988. It covers private lettings. Parliament debated it for months. "
+           "A landlord must give two months' notice before ending a tenancy. The notice must be in writing. "
+           "Disputes go to the county court. Fees are set each year.")
+
+
+def test_cut_passages_keep_the_sentences_that_answer_and_their_neighbours():
+    from bot.prompt import best_sentences
+
+    out = best_sentences(PASSAGE, "How much notice must a landlord give?", 30, words)
+    assert words(out) <= 30
+    # The matching sentence (written out by hand) survives, with a neighbour; the head-cut's opening does not.
+    assert "A landlord must give two months' notice before ending a tenancy." in out
+    assert "The notice must be in writing." in out or "Parliament debated it for months." in out
+    assert "passed in 1988" not in out and out.startswith("…")
+
+
+def test_cut_without_any_shared_word_falls_back_to_the_head():
+    from bot.prompt import best_sentences
+
+    out = best_sentences(PASSAGE, "Zebra?", 10, words)
+    assert out.startswith("The act was passed in 1988.") and out.endswith(" …") and words(out) <= 10
+
+
+def test_build_messages_uses_the_best_sentences_when_a_passage_is_cut():
+    built = build_messages("S", "How much notice must a landlord give?", [Passage("a#0", "Act", PASSAGE)],
+                           budget=60, count=words)
+    assert "two months' notice" in built.messages[0]["content"]
+    assert "passed in 1988" not in built.messages[0]["content"]
+
+
+def test_short_passages_are_not_touched():
+    from bot.prompt import best_sentences
+
+    assert best_sentences(PASSAGE, "notice", 500, words) == PASSAGE

@@ -7,12 +7,15 @@ the mmapped weights.
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import importlib.resources
 import logging
 import os
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -20,10 +23,14 @@ from pathlib import Path
 
 from bot.config import Settings
 from bot.errors import ModelNotFound, UserFacingError
+from bot.llm import chat_format
+from bot.prompt import SOURCES_HEADER
 
 log = logging.getLogger(__name__)
 
 TokenCallback = Callable[[str], None]
+PREFIX_CACHE_SIZE = 8  # saved prompt prefixes (one per domain x adapter); ~25 KB of KV per token each
+MIN_PREFIX_TOKENS = 16  # shorter prefixes cost more to save and restore than to evaluate
 
 
 class AdapterMismatch(UserFacingError):
@@ -84,6 +91,24 @@ def read_gguf_arch(path: Path) -> dict[str, object]:
     return out
 
 
+def _file_identity(path: Path) -> tuple[str, int, int]:
+    st = path.stat()
+    return (str(path.resolve()), st.st_mtime_ns, st.st_size)
+
+
+def _stop_on(token_id: int):
+    """Stop at the model's end-of-generation token, as llama-cpp-python's chat handler does."""
+    import llama_cpp
+
+    return llama_cpp.StoppingCriteriaList([lambda tokens, logits: tokens[-1] == token_id])
+
+
+@dataclass(frozen=True)
+class _SavedPrefix:
+    n_tokens: int
+    kv: bytes  # llama_state_seq_get_data of sequence 0 after evaluating exactly the prefix
+
+
 @dataclass
 class _Job:
     messages: list[dict]
@@ -98,7 +123,7 @@ class _Job:
 class Runtime:
     """Owns the `Llama` object; all access goes through `generate`, serialised on one worker thread."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, *, prefix_cache: int = PREFIX_CACHE_SIZE):
         import llama_cpp
 
         self.settings = settings
@@ -119,8 +144,16 @@ class Runtime:
             raise ModelNotFound(f"llama.cpp could not load {self.model_path}: {exc}") from exc
         self.load_s = time.perf_counter() - t0
         self.model_arch = read_gguf_arch(self.model_path).get("general.architecture")
+        self.template = chat_format.template_for(self.model_path)
+        self._stops = self.template.stops()
+        self._eos_id = self.llm.token_eos()
+        self._model_id = _file_identity(self.model_path)
+        self._prefixes: OrderedDict[tuple, _SavedPrefix] = OrderedDict()
+        self._prefix_cache_size = max(0, prefix_cache)
+        self.prefix_stats = {"hits": 0, "misses": 0, "live": 0}
         self._adapters: dict[str, object] = {}
         self._adapter_paths: dict[str, Path] = {}
+        self._adapter_ids: dict[str, tuple] = {}  # key + file identity: part of every prefix-cache key
         self._active: str | None = None
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._worker = threading.Thread(target=self._run, name="llama-worker", daemon=True)
@@ -153,6 +186,7 @@ class Runtime:
         old = self._adapters.get(key)
         self._adapters[key] = handle
         self._adapter_paths[key] = path
+        self._adapter_ids[key] = (key, *_file_identity(path))
         if self._active == key:
             self._active = None  # force re-apply of the new handle
         if old is not None:
@@ -221,24 +255,100 @@ class Runtime:
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
                 job.future.set_exception(exc)
 
+    def render(self, messages: list[dict]) -> str:
+        """The prompt text the model sees for `messages` (the GGUF's chat template)."""
+        try:
+            return chat_format.render(self.template, messages)
+        except chat_format.ChatFormatError as exc:
+            raise UserFacingError(str(exc)) from exc
+
+    def _tokens(self, text: str) -> list[int]:
+        # As llama-cpp-python's chat handler does: special tokens parsed, BOS only if the template wrote it.
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    @staticmethod
+    def constant_prefix(messages: list[dict]) -> str:
+        """The part of the system message that is the same for every question of a domain."""
+        if not messages or messages[0].get("role") != "system":
+            return ""
+        content = messages[0].get("content", "")
+        cut = content.find("\n\n" + SOURCES_HEADER)
+        return content if cut < 0 else content[:cut]
+
+    def _prefix_tokens(self, messages: list[dict], prompt: str, tokens: list[int]) -> list[int]:
+        const = self.constant_prefix(messages)
+        at = prompt.find(const) if const else -1
+        if at < 0:
+            return []
+        head = self._tokens(prompt[: at + len(const)])
+        n = 0  # BPE may merge across the cut: keep only the tokens both tokenisations agree on
+        for a, b in zip(head, tokens, strict=False):
+            if a != b:
+                break
+            n += 1
+        return tokens[:n] if n >= MIN_PREFIX_TOKENS and n < len(tokens) else []
+
+    def _restore_prefix(self, adapter: str | None, prefix: list[int]) -> None:
+        """Leave the context holding exactly `prefix`'s KV (from the cache, or evaluated and saved)."""
+        import llama_cpp
+
+        if self._prefix_cache_size == 0 or not prefix:
+            return
+        n = len(prefix)
+        if self.llm.n_tokens >= n and list(self.llm.input_ids[:n]) == prefix:
+            self.prefix_stats["live"] += 1  # llama-cpp-python reuses the live context's common prefix
+            return
+        digest = hashlib.sha256(",".join(map(str, prefix)).encode()).hexdigest()
+        key = (self._model_id, self._adapter_ids.get(adapter) if adapter else None, digest)
+        ctx = self.llm._ctx.ctx
+        saved = self._prefixes.get(key)
+        self.llm.reset()
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+        if saved is not None:
+            self._prefixes.move_to_end(key)
+            buf = (ctypes.c_uint8 * len(saved.kv)).from_buffer_copy(saved.kv)
+            if llama_cpp.llama_state_seq_set_data(ctx, buf, len(saved.kv), 0) == 0:
+                raise RuntimeError("llama.cpp refused a saved prompt prefix")
+            self.llm.input_ids[:n] = prefix
+            self.llm.n_tokens = n
+            self.prefix_stats["hits"] += 1
+            return
+        self.prefix_stats["misses"] += 1
+        self.llm.eval(prefix)
+        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        got = llama_cpp.llama_state_seq_get_data(ctx, buf, size, 0)
+        self._prefixes[key] = _SavedPrefix(n, bytes(buf[:got]))
+        while len(self._prefixes) > self._prefix_cache_size:
+            self._prefixes.popitem(last=False)
+
     def _generate(self, job: _Job) -> Generation:
-        self._activate(job.adapter)
         t0 = time.perf_counter()
+        self._activate(job.adapter)  # an adapter switch resets the live context (llama_lora.apply)
+        prompt = self.render(job.messages)
+        tokens = self._tokens(prompt)
+        if len(tokens) >= self.llm.n_ctx():
+            raise UserFacingError(
+                f"the question and its context are too long for the model ({len(tokens)} tokens, "
+                f"the context holds {self.llm.n_ctx()})"
+            )
+        self._restore_prefix(job.adapter, self._prefix_tokens(job.messages, prompt, tokens))
         first = 0.0
         parts: list[str] = []
-        prompt_tokens = completion_tokens = 0
         finish = "stop"
         try:
-            stream = self.llm.create_chat_completion(
-                messages=job.messages,
+            stream = self.llm.create_completion(
+                prompt=tokens,
                 max_tokens=job.max_tokens,
                 temperature=job.temperature,
                 seed=self.settings.seed,
+                stop=self._stops,
+                stopping_criteria=_stop_on(self._eos_id),
                 stream=True,
             )
             for chunk in stream:
                 choice = chunk["choices"][0]
-                piece = choice.get("delta", {}).get("content") or ""
+                piece = choice.get("text") or ""
                 if choice.get("finish_reason"):
                     finish = choice["finish_reason"]
                 if not piece:
@@ -246,15 +356,13 @@ class Runtime:
                 if not parts:
                     first = time.perf_counter() - t0
                 parts.append(piece)
-                completion_tokens += 1
                 if job.on_token:
                     job.on_token(piece)
-        except ValueError as exc:  # prompt longer than n_ctx
+        except ValueError as exc:  # prompt + completion longer than n_ctx
             raise UserFacingError(f"the question and its context are too long for the model ({exc})") from exc
         text = "".join(parts)
         completion_tokens = self.count_tokens(text) if text else 0
-        prompt_tokens = max(0, int(getattr(self.llm, "n_tokens", 0)) - completion_tokens)
-        return Generation(text, prompt_tokens, completion_tokens, first, time.perf_counter() - t0, finish)
+        return Generation(text, len(tokens), completion_tokens, first, time.perf_counter() - t0, finish)
 
     def close(self) -> None:
         if self._closed:
