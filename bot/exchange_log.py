@@ -1,9 +1,10 @@
-"""Log an answered exchange to the store, from any front end (CLI or Slack)."""
+"""Log an answered exchange to the store, from any front end (CLI or Slack), and count it in the metrics."""
 
 from __future__ import annotations
 
 import logging
 
+from bot import metrics
 from bot.answer import Answer
 from bot.config import Settings
 
@@ -32,6 +33,10 @@ def log_answer(settings: Settings, answer: Answer, question: str, *, source: str
     """`extra`: more columns (channel, user, ...); they win over the Answer's, e.g. the latency a Slack user waited."""
     from bot.store.store import Store
 
+    try:  # counted even if the store write below fails: the user did get this answer
+        metrics.observe_answer(answer, source=source, queue_ms=extra.get("queue_ms"))
+    except Exception:  # metrics must never cost an answer its log row
+        log.exception("metrics: could not count the answer")
     own = store is None
     store = store or Store.from_settings(settings)
     try:

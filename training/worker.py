@@ -16,8 +16,10 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from bot import metrics
 from bot.config import Settings
 from bot.domains import discover
+from bot.errors import UserFacingError
 from bot.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,12 @@ def apologise_abandoned_questions(settings: Settings, store: Store) -> int:
 def loop(settings: Settings, *, interval_s: float = 300.0, min_examples: int | None = None, cfg=None,
          stop: threading.Event | None = None, on_pass: Callable[[list], None] | None = None) -> None:  # fmt: skip
     stop = stop or threading.Event()
+    try:  # checked before anything opens: a bad DOMAINBOT_METRICS_PORT is the operator's to fix
+        port = metrics.port_from_env()
+    except ValueError as exc:
+        raise UserFacingError(str(exc)) from None
     store = Store.from_settings(settings)
+    server = metrics.start_metrics_server(port, store=store)[0] if port is not None else None
     try:
         while not stop.is_set():
             apologise_abandoned_questions(settings, store)
@@ -85,4 +92,7 @@ def loop(settings: Settings, *, interval_s: float = 300.0, min_examples: int | N
                 on_pass(outcomes)
             stop.wait(interval_s)
     finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
         store.close()

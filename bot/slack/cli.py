@@ -2,6 +2,9 @@
 
 HTTP mode listens on $PORT at /slack/events (Procfile `web:`); Socket Mode connects out with
 SLACK_APP_TOKEN and needs no public URL (Procfile `socket:`).
+
+Prometheus metrics: GET /metrics on the HTTP server; with DOMAINBOT_METRICS_PORT set, also on that port (the
+only way to scrape a Socket Mode process).
 """
 
 from __future__ import annotations
@@ -79,6 +82,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if missing:
         print(explain_missing(args.mode, missing), file=sys.stderr)
         return 2
+    from bot import metrics
+
+    try:
+        metrics_port = metrics.port_from_env()
+    except ValueError as err:
+        print(f"domainbot serve: {err}", file=sys.stderr)
+        return 2
     if args.port is not None:
         settings = settings.with_(port=args.port)
     from bot.answer import Answerer, warm_indexes
@@ -88,7 +98,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     answerer = Answerer.from_settings(settings)
     store = Store.from_settings(settings)
+    metrics.watch_store(store)  # feedback and retrain facts, read from the shared store at each scrape
+    metrics_server = None
     try:
+        if metrics_port is not None:
+            metrics_server, _ = metrics.start_metrics_server(metrics_port, host=args.host)
+            print(f"Prometheus metrics on http://{args.host}:{metrics_server.server_address[1]}/metrics", flush=True)
         warm_indexes(answerer)  # not the model: a remote backend may still be starting
         app, ctx = build(settings, answerer, store)
         try:
@@ -97,6 +112,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             ctx.close()
     finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        metrics.STORE.forget(store)
         store.close()
         answerer.close()
     return 0

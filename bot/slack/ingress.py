@@ -7,6 +7,8 @@ Request bodies are never logged here, and `quiet_slack_logging` keeps bolt and s
 After the signature, `bot.slack.payload.triage` checks the body's shape: malformed bodies get 400 with a
 short reason, `app_rate_limited` and payloads no listener handles get 200 with an empty body (the module
 docstring there lists each decision). Only an exception out of bolt's dispatch, a bug of ours, is a 500.
+
+GET `/healthz` and GET `/metrics` (Prometheus, bot.metrics) are unsigned: a load balancer and a scraper call them.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from urllib.parse import urlsplit
 
 from slack_bolt import App, BoltRequest, BoltResponse
 
+from bot import metrics
 from bot.errors import new_error_id
 from bot.slack.payload import Malformed, Route, for_bolt, triage
 
 log = logging.getLogger(__name__)
 
 EVENTS_PATH = "/slack/events"
+METRICS_PATH = "/metrics"
 WINDOW_S = 300  # Slack's replay window: 5 minutes
 MAX_BODY_BYTES = 1 << 20  # Slack payloads are far smaller; refuse to buffer more
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
@@ -141,6 +145,7 @@ class SlackHTTPServer(ThreadingHTTPServer):
     def count(self, what: str) -> None:
         with self._stats_lock:
             self.stats[what] += 1
+        metrics.SLACK_REQUESTS.labels(what).inc()
 
     def serve_in_thread(self) -> threading.Thread:
         thread = threading.Thread(target=self.serve_forever, args=(0.2,), name="slack-http", daemon=True)
@@ -156,8 +161,11 @@ class _SlackHandler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        if urlsplit(self.path).path == "/healthz":
+        path = urlsplit(self.path).path
+        if path == "/healthz":
             self._reply(200, b"ok", "text/plain")
+        elif path == METRICS_PATH:
+            self._reply(200, metrics.exposition(), metrics.CONTENT_TYPE)
         else:
             self._reply(404, b'{"error":"not found"}')
 
@@ -218,6 +226,7 @@ class _SlackHandler(BaseHTTPRequestHandler):
         except Exception:  # a bug in a listener: never show it to Slack, keep it findable in the logs
             error_id = new_error_id()
             log.exception("dispatch failed [error %s]", error_id)
+            metrics.count_error("dispatch")
             self._reply(500, f'{{"error":"internal error {error_id}"}}'.encode())
             return
         self.server.count("dispatched")
