@@ -132,7 +132,7 @@ def train_command(args: argparse.Namespace) -> str:
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from training import cpt
     from training.export import publish
-    from training.finetune import config_examples, load_base, served_gguf, train
+    from training.finetune import check_architecture, config_examples, load_base, served_gguf, train
     from training.runs import save_run
 
     domain = resolve_domain(args.domain, settings)
@@ -141,6 +141,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     base = Path(cfg.base_model) if cfg.base_model else served_gguf(settings)
     if base.suffix != ".gguf":
         raise UserFacingError("export needs the served GGUF as the base; train on an HF model with the Python API")
+    check_architecture(base, cfg)  # an architecture we can't export is refused before the base is loaded
     model, tokenizer = load_base(base)
     split = None
     if cfg.mode == "cpt":

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from bot import adapters as store
+from training import architectures
 from training.cpt import TextWindow
 from training.gguf_lora import BaseMismatch, ExportError, export_gguf, read_adapter_gguf
 
@@ -110,7 +111,14 @@ def check_base(version: store.AdapterVersion, base_path: Path) -> None:
     """Raise BaseMismatch when a version was trained on another base than `base_path`."""
     from training.finetune import file_hash
 
-    want = (version.meta.get("base_model") or {}).get("sha256")
+    recorded = version.meta.get("base_model") or {}
+    arch, have = recorded.get("architecture"), architectures.architecture_name(base_path)
+    if arch and arch != have:
+        raise BaseMismatch(
+            f"adapter {version.version} was trained for architecture {arch} ({recorded.get('name', '?')}), but the "
+            f"configured base {Path(base_path).name} is {have}. Retrain it with `domainbot train` on this base."
+        )
+    want = recorded.get("sha256")
     if want and want != file_hash(base_path):
         raise BaseMismatch(
             f"adapter {version.version} was trained on base {want[:12]}… "
@@ -139,6 +147,7 @@ def publish(
         shutil.copytree(result.peft_dir, staging / "peft")
     version = store.next_version(adapters_dir)
     meta = version_meta(result, version, report, gguf_path, command)
+    meta["base_model"]["architecture"] = architectures.architecture_name(base_gguf)
     (staging / store.META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     adapters_dir.mkdir(parents=True, exist_ok=True)
     final = adapters_dir / version

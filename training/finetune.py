@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import ROOT, Settings, load_settings
+from training import architectures
 from training.batches import answer_loss, batch_order, collate
 from training.checkpoints import load_checkpoint, save_checkpoint
 from training.cpt import SEQ_LEN, TextWindow
@@ -32,7 +33,8 @@ from training.errors import TrainingError
 RANK = 8  # 7 projections x 30 layers at r=8 is 2.44M params = 4.9 MB in f16 (r=16 would be 9.8 MB)
 ALPHA = 16
 DROPOUT = 0.0
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # the default: every
+# projection of the base's architecture (training.architectures; Phi-3 has fused qkv_proj/gate_up_proj)
 LR = 5e-4
 WARMUP_STEPS = 10
 MIN_LR_RATIO = 0.1  # cosine decay down to LR * this
@@ -190,10 +192,24 @@ def lora_model(base, cfg: TrainConfig):
             return peft_from_gguf(base, ws if ws.suffix == ".gguf" else ws / "adapter.gguf", trainable=True)
         raise TrainingError(f"warm start {ws}: neither a PEFT adapter dir nor a folder with adapter.gguf")
     config = LoraConfig(
-        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.targets),
+        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(lora_targets(base, cfg)),
         bias="none", task_type="CAUSAL_LM",
     )
     return get_peft_model(base, config)
+
+
+def lora_targets(base, cfg: TrainConfig) -> tuple[str, ...]:
+    """cfg.targets, or for the default, every projection the base's architecture exports."""
+    arch = architectures.by_model_type(getattr(base.config, "model_type", ""))
+    return arch.targets if arch and tuple(cfg.targets) == TARGETS else tuple(cfg.targets)
+
+
+def check_architecture(base_path: Path, cfg: TrainConfig) -> architectures.Architecture:
+    """Refuse, before any loading or training, a base whose adapters could not be exported (or bad targets)."""
+    arch = architectures.for_base(base_path)
+    if tuple(cfg.targets) != TARGETS:
+        arch.check_targets(cfg.targets)
+    return arch
 
 
 # ---- data -----------------------------------------------------------------------------------------------
@@ -259,6 +275,9 @@ def train(
     device = workers.device or pick_device(cfg)
 
     base_path = Path(cfg.base_model) if cfg.base_model else served_gguf(settings)
+    if not base_path.exists():
+        raise TrainingError(f"base model not found: {base_path}")
+    check_architecture(base_path, cfg)
     base, tokenizer = load_base(base_path)
     if examples is None:
         examples = config_examples(domain, cfg, settings, tokenizer)

@@ -1,9 +1,10 @@
 """The PEFT <-> GGUF LoRA tensor format: names, the Q/K row permutation, reading and writing adapter files.
 
 GGUF layout (llama.cpp `llama-adapter.cpp`): `general.type=adapter`, `adapter.type=lora`, `adapter.lora.alpha`,
-tensors `blk.N.<name>.weight.lora_a` (r, in) and `.lora_b` (out, r). llama.cpp's converter permutes the Q and
-K rows of the llama architecture (rotary halves interleaved per head), so `lora_b` of q/k is permuted the
-same way; without it the logits drift by up to 5.9 (docs/design.md).
+tensors `blk.N.<name>.weight.lora_a` (r, in) and `.lora_b` (out, r). Which PEFT module becomes which tensor, and
+whether its `lora_b` rows are permuted (llama family Q/K: rotary halves interleaved per head), is the base's
+architecture's row in `training.architectures`; a wrong permutation moves the logits by up to 5.9
+(docs/design.md).
 
 No training and no verification here, so the trainer (warm starts) and the exporter both stand on it.
 """
@@ -17,12 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from bot.errors import UserFacingError
+from training import architectures
+from training.architectures import Architecture
 
-GGUF_NAMES = {
-    "q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
-    "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down",
-}
-PEFT_KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+_proj)\.lora_([AB])(?:\.default)?\.weight$")
+PEFT_KEY = re.compile(r"layers\.(\d+)\.(self_attn|mlp)\.(\w+_proj)\.lora_([AB])(?:\.default)?\.weight$")
 GGUF_KEY = re.compile(r"^blk\.(\d+)\.(\w+)\.weight\.lora_([ab])$")
 
 
@@ -44,22 +43,30 @@ def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def heads_for(proj: str, n_head: int, n_kv: int) -> int | None:
-    return {"q_proj": n_head, "k_proj": n_kv}.get(proj)
+def heads_for(arch: Architecture, module: str, n_head: int, n_kv: int) -> int | None:
+    """Heads to permute `module`'s lora_b rows by, or None where the architecture writes them as they are."""
+    if module not in arch.permuted:
+        return None
+    return {"q_proj": n_head, "k_proj": n_kv}[module]
 
 
-def peft_to_gguf_tensors(state: dict[str, np.ndarray], n_head: int, n_kv: int) -> dict[str, np.ndarray]:
+def peft_to_gguf_tensors(state: dict[str, np.ndarray], arch: Architecture, n_head: int, n_kv: int, *,
+                         wrong_permutation: bool = False) -> dict[str, np.ndarray]:
+    """PEFT tensors -> GGUF tensors. `wrong_permutation` (tests only) flips the table's permutation of q/k."""
     out = {}
     for key, value in state.items():
         m = PEFT_KEY.search(key)
-        if not m:
-            raise ExportError(f"unexpected tensor in the PEFT adapter: {key} (only LoRA on {', '.join(GGUF_NAMES)})")
-        layer, proj, ab = m.groups()
+        if not m or m.group(3) not in arch.modules:
+            raise ExportError(f"unexpected tensor in the PEFT adapter: {key} "
+                              f"(architecture {arch.name} exports LoRA on {', '.join(arch.modules)})")
+        layer, _, module, ab = m.groups()
         w = np.asarray(value, dtype=np.float32)
-        heads = heads_for(proj, n_head, n_kv)
+        heads = heads_for(arch, module, n_head, n_kv)
+        if wrong_permutation and module in ("q_proj", "k_proj", "qkv_proj"):
+            heads = None if heads else {"k_proj": n_kv}.get(module, n_head)
         if ab == "B" and heads:
             w = permute_rows(w, heads)
-        out[f"blk.{layer}.{GGUF_NAMES[proj]}.weight.lora_{ab.lower()}"] = w
+        out[f"blk.{layer}.{arch.gguf_name(module)}.weight.lora_{ab.lower()}"] = w
     return out
 
 
@@ -98,21 +105,32 @@ def model_heads(base_gguf: Path) -> tuple[int, int, str]:
     return n_head, n_kv, arch
 
 
-def export_gguf(peft_dir: Path, base_gguf: Path, out: Path, *, alpha_scale: float = 1.0) -> Path:
-    """Write `out` from a PEFT adapter dir. `alpha_scale` exists only to test that verification catches drift."""
+def export_gguf(peft_dir: Path, base_gguf: Path, out: Path, *, alpha_scale: float = 1.0,
+                wrong_permutation: bool = False) -> Path:
+    """Write `out` from a PEFT adapter dir, laid out for the base's architecture. `alpha_scale` and
+    `wrong_permutation` exist only to test that verification catches a wrong export."""
     state, config = read_peft(peft_dir)
-    n_head, n_kv, arch = model_heads(base_gguf)
-    tensors = peft_to_gguf_tensors(state, n_head, n_kv)
-    return write_adapter_gguf(tensors, config["lora_alpha"] * alpha_scale, out, arch=arch)
+    n_head, n_kv, name = model_heads(base_gguf)
+    arch = architectures.get(name)
+    tensors = peft_to_gguf_tensors(state, arch, n_head, n_kv, wrong_permutation=wrong_permutation)
+    return write_adapter_gguf(tensors, config["lora_alpha"] * alpha_scale, out, arch=arch.name)
 
 
 def read_adapter_gguf(path: Path) -> tuple[dict[str, np.ndarray], float]:
+    tensors, alpha, _ = read_adapter(path)
+    return tensors, alpha
+
+
+def read_adapter(path: Path) -> tuple[dict[str, np.ndarray], float, str]:
+    """(tensors, alpha, general.architecture) of an adapter GGUF."""
     import gguf
 
     reader = gguf.GGUFReader(str(path))
     alpha = float(reader.fields[gguf.Keys.Adapter.LORA_ALPHA].contents())
+    field = reader.fields.get("general.architecture")
+    arch = str(field.contents()) if field is not None else "llama"
     tensors = {t.name: np.array(t.data, dtype=np.float32).reshape([int(x) for x in reversed(t.shape)]) for t in reader.tensors}
-    return tensors, alpha
+    return tensors, alpha, arch
 
 
 def peft_from_gguf(base, gguf_path: Path, *, trainable: bool = False):
@@ -120,23 +138,23 @@ def peft_from_gguf(base, gguf_path: Path, *, trainable: bool = False):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    tensors, alpha = read_adapter_gguf(gguf_path)
+    tensors, alpha, arch_name = read_adapter(gguf_path)
+    arch = architectures.get(arch_name)
     n_head, n_kv = base.config.num_attention_heads, base.config.num_key_value_heads
-    by_gguf = {v: k for k, v in GGUF_NAMES.items()}
     state, targets, rank = {}, set(), 0
     for name, w in tensors.items():
         m = GGUF_KEY.match(name)
-        if not m or m.group(2) not in by_gguf:
-            raise ExportError(f"{gguf_path}: unexpected tensor {name}")
-        layer, gname, ab = m.groups()
-        proj = by_gguf[gname]
-        heads = heads_for(proj, n_head, n_kv)
+        module = arch.module_for(m.group(2)) if m else None
+        if module is None:
+            raise ExportError(f"{gguf_path}: unexpected tensor {name} for architecture {arch.name}")
+        layer, _, ab = m.groups()
+        heads = heads_for(arch, module, n_head, n_kv)
         if ab == "b" and heads:
             w = unpermute_rows(w, heads)
         rank = w.shape[0] if ab == "a" else rank
-        targets.add(proj)
-        part = "self_attn" if proj in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
-        state[f"base_model.model.model.layers.{layer}.{part}.{proj}.lora_{ab.upper()}.default.weight"] = torch.tensor(w)
+        targets.add(module)
+        part = arch.modules[module][0]
+        state[f"base_model.model.model.layers.{layer}.{part}.{module}.lora_{ab.upper()}.default.weight"] = torch.tensor(w)
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=sorted(targets), lora_dropout=0.0, task_type="CAUSAL_LM")
     model = get_peft_model(base, config)
     missing = [k for k in state if k not in model.state_dict()]

@@ -1,0 +1,150 @@
+"""Tiny random-weight models of each supported architecture, as HF dirs and as GGUFs made by llama.cpp's own
+converter (`convert_hf_to_gguf.py` from the llama-cpp-python sdist), for the export tests.
+
+Everything is cached under ~/.cache/domainbot (DOMAINBOT_CACHE_DIR overrides), keyed by a hash of the recipe,
+so a test run builds each model once. The sdist is fetched with pip from PyPI the first time; its scripts run
+in a subprocess and no code of it is copied here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+LLAMA_CPP_VERSION = "0.3.36"  # the llama-cpp-python the project pins: its vendored converters match its runtime
+SHAPE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 2048, "initializer_range": 0.2,
+         "tie_word_embeddings": True, "rms_norm_eps": 1e-6}
+# HF class per architecture name (the name our tests use; mistral converts to GGUF architecture "llama")
+HF_CLASSES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": None}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {}),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {"query_pre_attn_scalar": 16, "sliding_window": 512}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {"pad_token_id": 0}),
+}
+RECIPE_VERSION = 1  # bump when the recipe changes in a way SHAPE does not show
+
+
+class ToolsUnavailable(RuntimeError):
+    """llama.cpp's converter scripts could not be found or fetched (no network to PyPI)."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DOMAINBOT_CACHE_DIR") or Path.home() / ".cache" / "domainbot")
+
+
+def llama_cpp_dir() -> Path:
+    """The vendored llama.cpp of the llama-cpp-python sdist (converter scripts, gguf-py), fetched once."""
+    root = cache_dir() / "llama-cpp-src"
+    found = root / f"llama_cpp_python-{LLAMA_CPP_VERSION}" / "vendor" / "llama.cpp"
+    if (found / "convert_lora_to_gguf.py").is_file():
+        return found
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", f"llama-cpp-python=={LLAMA_CPP_VERSION}", "--no-deps",
+               "--no-binary", ":all:", "-d", tmp]
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        archives = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+        if run.returncode != 0 or not archives:
+            raise ToolsUnavailable(f"could not fetch the llama-cpp-python sdist: {run.stderr.strip()[-300:]}")
+        keep = ("vendor/llama.cpp/conversion/", "vendor/llama.cpp/gguf-py/", "vendor/llama.cpp/convert_")
+        with tarfile.open(archives[0]) as tar:
+            members = [m for m in tar.getmembers() if any(k in m.name for k in keep)]
+            tar.extractall(root, members=members, filter="data")
+    return found
+
+
+# transformers maps model type qwen2 to Qwen2Tokenizer, which swaps in Qwen's pre-tokenizer over the SmolLM
+# vocab our tiny models carry; read tokenizer.json as written instead, then run the script unchanged
+RUNNER = ("import runpy, sys\n"
+          "from transformers.models.auto import tokenization_auto as ta\n"
+          "ta.TOKENIZER_MAPPING_NAMES['qwen2'] = 'TokenizersBackend'\n"
+          "sys.argv = sys.argv[1:]\n"
+          "sys.path.insert(0, sys.argv[0].rpartition('/')[0])\n"
+          "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+
+
+def run_script(script: str, *args: str) -> None:
+    """Run one of llama.cpp's converter scripts with its own gguf-py (newer than the installed gguf)."""
+    tools = llama_cpp_dir()
+    env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}
+    env.update(PYTHONPATH=str(tools / "gguf-py"), HF_HUB_OFFLINE="1")
+    run = subprocess.run([sys.executable, "-c", RUNNER, str(tools / script), *args], capture_output=True, text=True,
+                         env=env, timeout=600)
+    if run.returncode != 0:
+        raise RuntimeError(f"{script} {' '.join(args)} failed:\n{run.stderr[-2000:]}")
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    name: str  # llama | mistral | qwen2 | qwen3 | gemma3 | phi3
+    hf_dir: Path
+    folder: Path
+
+    def gguf(self, outtype: str = "f32") -> Path:
+        """The base converted by llama.cpp's convert_hf_to_gguf.py (f32 or f16), cached next to the HF dir."""
+        out = self.folder / f"model-{outtype}.gguf"
+        if not out.is_file():
+            tmp = out.with_suffix(".tmp")
+            run_script("convert_hf_to_gguf.py", str(self.hf_dir), "--outfile", str(tmp), "--outtype", outtype)
+            tmp.rename(out)
+        return out
+
+
+def recipe_key(name: str) -> str:
+    import transformers
+
+    recipe = {"v": RECIPE_VERSION, "name": name, "shape": SHAPE, "cls": HF_CLASSES[name],
+              "transformers": transformers.__version__, "llama_cpp": LLAMA_CPP_VERSION}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def tokenizer_source() -> tuple[Path, str]:
+    """SmolLM2's tokenizer (from the embedded GGUF): a GPT-2 style BPE llama.cpp's converter recognizes."""
+    from bot.llm.llama import embedded_model_path
+
+    path = embedded_model_path()
+    return path.parent, path.name
+
+
+def build(name: str) -> TinyModel:
+    """The tiny seeded HF model `name` (built once per recipe)."""
+    import torch
+    import transformers
+
+    folder = cache_dir() / "tiny-archs" / f"{name}-{recipe_key(name)}"
+    hf_dir = folder / "hf"
+    if (hf_dir / "config.json").is_file():
+        return TinyModel(name, hf_dir, folder)
+    cfg_cls, model_cls, extra = HF_CLASSES[name]
+    where, gguf_file = tokenizer_source()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(where, gguf_file=gguf_file)
+    config = getattr(transformers, cfg_cls)(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                            eos_token_id=tokenizer.eos_token_id, **SHAPE, **extra)
+    torch.manual_seed(0)
+    model = getattr(transformers, model_cls)(config).to(torch.float32)
+    tmp = folder / "hf.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    # Phi-3's converter reads a GPT-2 vocab only when the config says so (else it wants sentencepiece)
+    tok_cfg = tmp / "tokenizer_config.json"
+    tok_cfg.write_text(json.dumps({**json.loads(tok_cfg.read_text()), "tokenizer_class": "GPT2Tokenizer"}))
+    # the GGUF-derived tokenizer lost SmolLM's digit splitting; restore it so the converter recognizes the vocab
+    tok_json = tmp / "tokenizer.json"
+    data = json.loads(tok_json.read_text())
+    data["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True}, data["pre_tokenizer"]]}
+    tok_json.write_text(json.dumps(data))
+    tmp.rename(hf_dir)
+    return TinyModel(name, hf_dir, folder)
