@@ -77,6 +77,9 @@ class Question:
     passages: Sequence[Passage] | None = None  # sources given by the caller; None retrieves, [] means none
     max_tokens: int | None = None
     route: RouteResult | None = None  # a routing decision already made (Slack shows the domain first)
+    # Passages from outside the domain's index (a file attached in Slack), ranked by score: merged with the retrieved
+    # ones before the prompt is built, so they are numbered, cited and checked by the guard like any other source.
+    extra_passages: Sequence[Passage] = ()
 
 
 @dataclass
@@ -117,7 +120,7 @@ class Answer:
 
 def _stored_router_examples(settings: Settings) -> dict[str, list[str]]:
     """Reroute picks logged by earlier runs; the router learns from them (an unreadable store is not fatal)."""
-    if not settings.db_path.exists():
+    if getattr(settings, "db_url", None) is None and not settings.db_path.exists():
         return {}
     try:
         from bot.store.store import Store
@@ -125,7 +128,7 @@ def _stored_router_examples(settings: Settings) -> dict[str, list[str]]:
         with Store.from_settings(settings) as store:
             return store.router_examples()
     except Exception:  # noqa: BLE001 - routing still works from the manifests
-        log.warning("could not read router examples from %s", settings.db_path, exc_info=True)
+        log.warning("could not read router examples from the store", exc_info=True)  # a URL may hold a password
         return {}
 
 
@@ -135,6 +138,15 @@ def citations_for(text: str, passages: Sequence[Passage], used: Sequence[int] | 
     order = [n for n in order if 1 <= n <= len(passages)]
     rest = [n for n in range(1, len(passages) + 1) if n not in order]
     return [_citation(n, passages[n - 1], n in order) for n in order + rest]
+
+
+def merge_ranked(first: Sequence[Passage], second: Sequence[Passage]) -> list[Passage]:
+    """Two ranked lists as one: each keeps its own order, and the better-scoring head goes next (a tie goes to
+    `first`). The domain's passages are ordered by fused rank, not score, so they are not re-sorted."""
+    a, b, out = list(first), list(second), []
+    while a and b:
+        out.append(a.pop(0) if a[0].score >= b[0].score else b.pop(0))
+    return out + a + b
 
 
 def _citation(n: int, p: Passage, cited: bool) -> Citation:
@@ -171,15 +183,17 @@ def label_answer(text: str, question: str, domain: Domain) -> str | None:
     return None
 
 
-def grounded(draft: str, passages: Sequence[Passage], question: str, domain: Domain) -> GuardResult:
-    """The guard on a draft answer; a leading label the question asked for is kept ahead of the checked rest."""
+def grounded(draft: str, passages: Sequence[Passage], question: str, domain: Domain,
+             subject: Sequence[str] = ()) -> GuardResult:
+    """The guard on a draft answer; a leading label the question asked for is kept ahead of the checked rest.
+    `subject`: the question's rare names (`Retriever.subject_terms`), which a claim about them must find."""
     label = label_answer(draft, question, domain)
     if label is None:
-        return guard(draft, passages, question=question, relevant=bool(passages))
+        return guard(draft, passages, question=question, relevant=bool(passages), subject=subject)
     rest = draft.strip()[len(label):].lstrip(" .,:;-")
     if not rest:
         return GuardResult(label, "supported", (), ())
-    checked = guard(rest, passages, question=question, relevant=bool(passages))
+    checked = guard(rest, passages, question=question, relevant=bool(passages), subject=subject)
     if checked.verdict in ("supported", "trimmed"):
         return GuardResult(f"{label}. {checked.text}", checked.verdict, checked.cited, checked.dropped)
     return GuardResult(label, "trimmed", (), (rest,))
@@ -347,6 +361,7 @@ class Answerer:
                          f"thread's earlier topic. Start with `name:` (e.g. `{dom.name}:`) to choose a domain.")
         t_ret = time.perf_counter()
         found = list(q.passages) if q.passages is not None else self.retriever.search(dom, route.question)
+        found = merge_ranked(found, q.extra_passages)
         retrieval_s = time.perf_counter() - t_ret
         key = self._adapter_for(dom, q.adapter, notes)
         built = build_messages(dom.system_prompt, route.question, found, q.history,
@@ -363,11 +378,12 @@ class Answerer:
                                     on_token=relay)
         draft = gen.text.strip()
         t_guard = time.perf_counter()
-        if q.passages is not None and not q.passages:
+        if q.passages is not None and not q.passages and not q.extra_passages:
             # The caller supplied no sources on purpose (text pasted to classify): nothing to check against.
             checked = GuardResult(draft or "(The model returned no text. Please rephrase the question.)", "unchecked", (), ())
         else:
-            checked = grounded(draft, built.passages, route.question, dom)
+            subject = self.retriever.subject_terms(dom, route.question) if q.passages is None else ()
+            checked = grounded(draft, built.passages, route.question, dom, subject)
         guard_s = time.perf_counter() - t_guard
         return Answer(
             text=checked.text,

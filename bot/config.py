@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from bot.store.backend import is_postgres_url  # a pure check; imports nothing else of bot
+
 # Never reach a model hub: the embedded models ship inside PyPI packages.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -54,6 +56,7 @@ class Settings:
     domains_dir: Path = ROOT / "domains"
     indexes_dir: Path = ROOT / "indexes"
     db_path: Path = ROOT / "var" / "domainbot.db"
+    db_url: str | None = None  # DOMAINBOT_DB=postgresql://...: the shared store (db_path is then unused)
     domain_allowlist: tuple[str, ...] = ()
 
     # llama.cpp runtime
@@ -84,6 +87,7 @@ class Settings:
     rate_limit_per_minute: int = 6
     stream_interval_s: float = 1.0
     slack_streaming: str = "native"  # native: chat.startStream where allowed; update: chat.update edits
+    slack_file_max_bytes: int = 10_000_000  # files attached in Slack larger than this are not read (10 MB)
 
     # privacy and feedback loop
     user_hash_salt: str = "domainbot"
@@ -112,12 +116,14 @@ def load_settings(env_file: Path | None = None) -> Settings:
     except ImportError:  # pragma: no cover - python-dotenv is a dependency
         pass
     d = Settings()
+    db = _env("DOMAINBOT_DB", str(d.db_path)) or str(d.db_path)
     model = _env("DOMAINBOT_MODEL")
     embed = _env("DOMAINBOT_EMBED_MODEL")
     return Settings(
         domains_dir=Path(_env("DOMAINBOT_DOMAINS_DIR", str(d.domains_dir))),
         indexes_dir=Path(_env("DOMAINBOT_INDEXES_DIR", str(d.indexes_dir))),
-        db_path=Path(_env("DOMAINBOT_DB", str(d.db_path))),
+        db_path=d.db_path if is_postgres_url(db) else Path(db),
+        db_url=db if is_postgres_url(db) else None,
         domain_allowlist=_list("DOMAINBOT_DOMAINS"),
         model_path=Path(model) if model else None,
         n_gpu_layers=_int("DOMAINBOT_N_GPU_LAYERS", d.n_gpu_layers),
@@ -144,6 +150,7 @@ def load_settings(env_file: Path | None = None) -> Settings:
         slack_streaming=_choice("DOMAINBOT_SLACK_STREAMING",
                                 _env("DOMAINBOT_SLACK_STREAMING", d.slack_streaming) or d.slack_streaming,
                                 ("native", "update")),
+        slack_file_max_bytes=int(_float("DOMAINBOT_SLACK_FILE_MAX_MB", d.slack_file_max_bytes / 1e6) * 1e6),
         user_hash_salt=_env("DOMAINBOT_USER_SALT", d.user_hash_salt) or d.user_hash_salt,
         retrain_min_examples=_int("DOMAINBOT_RETRAIN_MIN_EXAMPLES", d.retrain_min_examples),
         gate_margin=_float("DOMAINBOT_GATE_MARGIN", d.gate_margin),

@@ -103,3 +103,25 @@ def test_a_switched_answer_says_so(answerer):
     route = bot.route_follow_up("What are the symptoms of hepatitis A?", "legal")
     ans = bot.answer(Question("What are the symptoms of hepatitis A?", route=route))
     assert ans.domain == "medical" and any("rather than the thread's earlier topic" in n for n in ans.notes)
+
+
+def test_a_claim_about_a_disease_the_passages_are_not_about_does_not_pass(answerer):
+    # The medical corpus has no Huntington disease inheritance page: "Wilson disease — inheritance" ranks first,
+    # and this draft shares 5 of its 6 content words with it. Only a family-history page names Huntington.
+    bot, seen = scripted(answerer, lambda body: "Huntington disease is inherited in an autosomal recessive "
+                                                "pattern [1]. Both copies of the gene have mutations [1].")
+    ans = bot.answer("medical: Is Huntington disease inherited?")
+    assert any("Wilson" in p.title for p in ans.passages)
+    assert "recessive" not in ans.text and "copies" not in ans.text
+    assert ans.guard["verdict"] in ("quoted", "no-sources")
+    if ans.guard["verdict"] == "quoted":  # then the quote names the disease asked about
+        cited = [c for c in ans.citations if c.cited]
+        assert "Huntington" in ans.text and len(cited) == 1
+        assert "huntington" in ans.passages[cited[0].n - 1].text.lower()
+
+
+def test_a_faithful_claim_about_the_named_disease_still_passes(answerer):
+    bot, seen = scripted(answerer, lambda body: f"{first_sentence_of_source(body, 1)} [1]")
+    ans = bot.answer("medical: How is Wilson disease inherited?")
+    assert "Wilson" in ans.passages[0].title and "Wilson" in ans.text
+    assert ans.guard["verdict"] == "supported"

@@ -12,7 +12,7 @@ from bot.config import ROOT, Settings
 from bot.slack.cli import missing_settings
 
 MANIFEST = yaml.safe_load((ROOT / "slack-manifest.yml").read_text())
-SLACK_SOURCES = sorted((ROOT / "bot").glob("slack_*.py"))
+SLACK_SOURCES = sorted((ROOT / "bot" / "slack").glob("*.py"))
 
 # The bot scope each Web API method we call needs.
 METHOD_SCOPES = {
@@ -25,6 +25,11 @@ METHOD_SCOPES = {
     "assistant_threads_setStatus": "assistant:write",
     "assistant_threads_setTitle": "assistant:write",
     "assistant_threads_setSuggestedPrompts": "assistant:write",
+    "chat_startStream": "chat:write",
+    "chat_appendStream": "chat:write",
+    "chat_stopStream": "chat:write",
+    "chat_delete": "chat:write",
+    "files_info": "files:read",  # and the url_private download of the file, with the same scope
 }
 
 

@@ -317,3 +317,17 @@ def test_report_feedback_loop_and_retrain_read_postgres_as_they_read_sqlite(pg_u
     assert sqlite_view["consumed"] == {"exchange-1"} and sqlite_view["router_examples"] == {}
     for key in sqlite_view:
         assert postgres_view[key] == sqlite_view[key], key
+
+
+def test_domainbot_db_with_a_url_reaches_postgres_through_load_settings(pg_url: str, monkeypatch) -> None:
+    from bot.config import load_settings
+
+    monkeypatch.setenv("DOMAINBOT_DB", pg_url)
+    settings = load_settings()
+    assert settings.db_url == pg_url  # kept as text: a Path would fold the "//"
+    with Store.from_settings(settings) as store:
+        assert store.dialect == "postgresql"
+        store.log_exchange(source="chat", question="q", answer="a", domain="legal", adapter="base",
+                           router_scores={}, chosen_by="router", citations=[], kind="answer", latency_ms=1.0)
+    with Store.from_settings(load_settings()) as again:
+        assert again.count("exchanges") == 1

@@ -17,13 +17,15 @@ from functools import partial
 from slack_sdk.errors import SlackApiError
 from slack_sdk.webhook import WebhookClient
 
+from bot import metrics
 from bot.answer import Answer, Place, Question
 from bot.errors import BackendUnavailable, UserFacingError, new_error_id
-from bot.exchange_log import log_answer
+from bot.exchange_log import exchange_fields, log_answer
 from bot.policy import clean_question
 from bot.prompt import Turn
 from bot.router import RouteResult, explicit_prefix
-from bot.slack import blocks
+from bot.slack import attachments, blocks
+from bot.slack.attachments import Attachments
 from bot.slack.context import SlackContext
 from bot.slack.ratelimit import wait_message
 from bot.slack.stream import NativeStream, open_stream
@@ -54,10 +56,11 @@ class Ask:
     quote_question: bool = False  # /ask: the channel can't see the question, so show it
     response_url: str | None = None  # /ask: where to answer when the bot can't post in the channel
     team_id: str | None = None  # the asker's workspace (Slack Connect: not ours); native streams are addressed to it
+    files: tuple[str, ...] = ()  # ids of the files attached to the user's message
 
 
 RESUME_FIELDS = ("channel", "user", "event_key", "source", "thread_ts", "history_ts", "message_ts", "domain",
-                 "method", "is_dm", "assistant", "quote_question", "response_url", "team_id")
+                 "method", "is_dm", "assistant", "quote_question", "response_url", "team_id", "files")
 
 
 def submit(ctx: SlackContext, ask: Ask, notify: Callable[[str], None] | None = None) -> bool:
@@ -74,8 +77,9 @@ def submit(ctx: SlackContext, ask: Ask, notify: Callable[[str], None] | None = N
         ctx.questions.finish(claimed.id, "failed")
         return False
     reply = Reply(ctx, ask, question_id=claimed.id, ts=claimed.placeholder_ts)
-    if not enqueue(ctx, Ticket(ask, reply, claimed.id)):
-        notify(BUSY)
+    ticket = Ticket(ask, reply, claimed.id)
+    if not enqueue(ctx, ticket):
+        notify(ticket.refused or BUSY)  # the cap that refused it, when one did
         ctx.questions.finish(claimed.id, "failed")
         return False
     return True
@@ -146,14 +150,17 @@ def answer(ctx: SlackContext, ticket: Ticket) -> None:
         status = "answered"
     except BackendUnavailable as exc:  # the operator's message goes to the log; the user gets an apology
         log.warning("inference backend unavailable: %s", exc)
+        metrics.count_error("backend_unavailable")
         _show_safely(reply, blocks.notice(f":warning: {BACKEND_DOWN}"))
         _keep_question(ctx, ask, reply, BACKEND_DOWN)
     except UserFacingError as exc:
+        metrics.count_error("user_facing")
         _show_safely(reply, blocks.notice(f":warning: {str(exc)}"))
         _keep_question(ctx, ask, reply, str(exc))
     except Exception:
         error_id = new_error_id()
         log.exception("answering failed [error %s] source=%s channel=%s", error_id, ask.source, ask.channel)
+        metrics.count_error("internal")
         _show_safely(reply, blocks.error_message(error_id))
         _keep_question(ctx, ask, reply, f"error {error_id}")
     finally:
@@ -203,8 +210,17 @@ def _show_safely(reply: Reply, message: blocks.Message) -> None:
 
 
 def _answer(ctx: SlackContext, ask: Ask, reply: Reply) -> None:
-    history = thread_history(ctx, ask)
-    route = choose_route(ctx, ask)
+    ask = replace(ask, files=tuple(ask.files))  # a resumed Ask has them as a JSON list
+    messages = thread_messages(ctx, ask)
+    history = thread_history(ctx, ask, messages)
+    found = read_attachments(ctx, ask, messages)
+    if not ask.text.strip() and ask.files:  # a file shared with no question: say what was read (or why not)
+        _files_alone(ctx, ask, reply, found)
+        return
+    if found.problems:
+        _post_notice(ctx, ask, found.problems)
+    route = choose_route(ctx, ask, found)
+    extra = attachments.best_passages(found, route.question, ctx.answerer.retriever.embedder) if found.read else []
     stream = None
     if route.domain:
         title = ctx.domain_title(route.domain)
@@ -213,7 +229,8 @@ def _answer(ctx: SlackContext, ask: Ask, reply: Reply) -> None:
         stream = open_stream(ctx, ask, reply, title)  # native where Slack allows it, else chat.update edits
     try:
         place = Place(ask.channel, ctx.channel_name(ask.channel), ask.is_dm)
-        result = ctx.answerer.answer(Question(ask.text, route=route, history=history, place=place),
+        result = ctx.answerer.answer(Question(ask.text, route=route, history=history, place=place,
+                                              extra_passages=extra),
                                      on_token=stream.feed if stream else None)
     except Exception:
         if isinstance(stream, NativeStream):
@@ -232,9 +249,56 @@ def _answer(ctx: SlackContext, ask: Ask, reply: Reply) -> None:
         ctx.store.set_exchange_message(exchange_id, ask.channel, reply.ts)
 
 
-def choose_route(ctx: SlackContext, ask: Ask) -> RouteResult:
+def read_attachments(ctx: SlackContext, ask: Ask, messages: list[dict]) -> Attachments:
+    """This message's files and the thread's earlier ones, read again from Slack for every answer (nothing is
+    kept between answers: a restart, another replica or a resumed question sees the same files)."""
+    earlier = attachments.thread_file_ids(messages, before_ts=ask.message_ts, bot_user_id=ctx.bot_user_id)
+    ids = [i for i in earlier if i not in ask.files] + list(ask.files)
+    if not ids:
+        return Attachments()
+    s = ctx.settings
+    return attachments.read_files(ctx.client, ids, report=ask.files, token=ctx.client.token or s.slack_bot_token or "",
+                                  max_bytes=s.slack_file_max_bytes, embedder=ctx.answerer.retriever.embedder,
+                                  chunk_tokens=s.chunk_tokens, chunk_overlap=s.chunk_overlap)
+
+
+def _notice_text(problems: list[str]) -> str:
+    return ":warning: " + "\n".join(problems)
+
+
+def _post_notice(ctx: SlackContext, ask: Ask, problems: list[str]) -> None:
+    """The files that could not be used, in a short message of their own; the question is still answered."""
+    try:
+        ctx.client.chat_postMessage(channel=ask.channel, thread_ts=ask.thread_ts, **blocks.notice(_notice_text(problems)))
+    except SlackApiError as err:
+        log.warning("file notice not posted: %s", err.response.get("error"))
+
+
+def _files_alone(ctx: SlackContext, ask: Ask, reply: Reply, found: Attachments) -> None:
+    """Files with no question: "I read contract.pdf (12 pages); ask me about it in this thread." In a DM's top
+    level the note starts a thread under the file, so the questions that follow there see it."""
+    reply.ask = replace(ask, thread_ts=ask.thread_ts or ask.message_ts)
+    lines = [attachments.ack_text(found.read)] if found.read else []
+    if found.problems:
+        lines.append(_notice_text(found.problems))
+    reply.show(blocks.notice("\n".join(lines)))
+    if not found.read:
+        return
+    domain = ctx.store.thread_domain(ask.channel, ask.history_ts) if ask.history_ts else None
+    route = None if domain else ctx.answerer.route(found.read[0].chunks[0].text[:1000] if found.read[0].chunks else "")
+    # An exchange marks the thread as ours (and its domain, routed on the file's text), so replies without a
+    # mention are answered; it keeps the files' names and sizes, never their text.
+    reply.exchange_id = ctx.store.log_exchange(
+        source=f"slack:{ask.source}", question=ask.text, answer=lines[0], domain=domain or (route and route.domain),
+        kind=attachments.KIND_ACK, router_scores=route.scores if route else {}, chosen_by="file", citations=[],
+        adapter="", channel=ask.channel, user=ask.user, thread_ts=reply.ask.thread_ts, message_ts=reply.ts,
+        event_key=ask.event_key, **_timing(reply),
+    )
+
+
+def choose_route(ctx: SlackContext, ask: Ask, found: Attachments | None = None) -> RouteResult:
     """Explicit choice (/ask, a button, a `legal:` prefix) > the thread's domain, unless the router clearly
-    prefers another > the router."""
+    prefers another > the router (on the question, then on the question with the attached files' text)."""
     question = clean_question(ask.text)
     if ask.domain:
         return replace(ctx.answerer.route(question, ask.domain), method=ask.method or "explicit")
@@ -242,10 +306,17 @@ def choose_route(ctx: SlackContext, ask: Ask) -> RouteResult:
     kept = ctx.store.thread_domain(ask.channel, ask.history_ts) if ask.history_ts and not prefixed else None
     if kept in ctx.answerer.discovery.domains:
         return ctx.answerer.route_follow_up(question, kept)  # keeps the thread's domain unless clearly another's
-    return ctx.answerer.route(question)
+    route = ctx.answerer.route(question)
+    if route.domain is None and found and found.read:  # "what is the fee in this contract?": the file says legal
+        best = attachments.best_passages(found, question, ctx.answerer.retriever.embedder, k=1)
+        by_file = ctx.answerer.route(f"{question}\n{best[0].text[:1000]}") if best else route
+        if by_file.domain:
+            return replace(by_file, question=route.question)
+    return route
 
 
-def thread_history(ctx: SlackContext, ask: Ask) -> list[Turn]:
+def thread_messages(ctx: SlackContext, ask: Ask) -> list[dict]:
+    """The messages of the thread the Ask continues (its history and its earlier files); [] for none."""
     if not ask.history_ts:
         return []
     try:
@@ -253,7 +324,12 @@ def thread_history(ctx: SlackContext, ask: Ask) -> list[Turn]:
     except SlackApiError as err:  # answer without context rather than not at all
         log.warning("conversations.replies failed: %s", err.response.get("error"))
         return []
-    turns = history_turns(resp.get("messages", []), bot_user_id=ctx.bot_user_id, before_ts=ask.message_ts)
+    return list(resp.get("messages", []))
+
+
+def thread_history(ctx: SlackContext, ask: Ask, messages: list[dict] | None = None) -> list[Turn]:
+    messages = thread_messages(ctx, ask) if messages is None else messages
+    turns = history_turns(messages, bot_user_id=ctx.bot_user_id, before_ts=ask.message_ts)
     if turns and turns[-1] == Turn("user", ask.text):  # a picked question sits just above its picker
         turns.pop()
     return turns
@@ -271,11 +347,27 @@ def assistant_status(ctx: SlackContext, ask: Ask, status: str, *, title: str | N
 
 
 def log_exchange(ctx: SlackContext, ask: Ask, result: Answer, message_ts: str | None, reply: Reply) -> int:
+    fields = _file_fields(result)
+    if fields:  # the answer saw a file: the store keeps the files' names instead of the answer
+        reply.exchange_id = ctx.store.log_exchange(source=f"slack:{ask.source}", **{
+            **exchange_fields(result, ask.text), **fields, "channel": ask.channel, "user": ask.user,
+            "thread_ts": ask.thread_ts, "message_ts": message_ts, "event_key": ask.event_key, **_timing(reply)})
+        return reply.exchange_id
     reply.exchange_id = log_answer(
         ctx.settings, result, ask.text, source=f"slack:{ask.source}", store=ctx.store, channel=ask.channel,
         user=ask.user, thread_ts=ask.thread_ts, message_ts=message_ts, event_key=ask.event_key, **_timing(reply),
     )
     return reply.exchange_id
+
+
+def _file_fields(result: Answer) -> dict:
+    """An answer that saw an attached file's passages may quote the file: the store keeps the files' names, not the
+    answer, under its own kind, which no training set takes."""
+    files = sorted({str(p.metadata.get("file")) for p in result.passages if attachments.is_file_passage(p)})
+    if not files:
+        return {}
+    return {"kind": attachments.KIND_ANSWER, "answer": f"(answered from the attached file(s) {', '.join(files)}; "
+                                                      "the answer is not kept, as it may quote them)"}
 
 
 def _final(ctx: SlackContext, ask: Ask, result: Answer, exchange_id: int) -> blocks.Message:

@@ -21,6 +21,7 @@ from bot.answer import Answerer
 from bot.config import Settings
 from bot.errors import UserFacingError, new_error_id
 from bot.slack import blocks, events, feedback
+from bot.slack.attachments import file_ids
 from bot.slack.context import SlackContext, Workers, make_client
 from bot.slack.ingress import quiet_slack_logging
 from bot.slack.resume import Keeper, ask_again, resume_open
@@ -30,7 +31,7 @@ from bot.store.store import Store
 log = logging.getLogger(__name__)
 
 # What replaying an event needs (its text is stored scrubbed, in the question column).
-EVENT_FIELDS = ("type", "channel", "user", "ts", "thread_ts", "channel_type", "team", "user_team")
+EVENT_FIELDS = ("type", "subtype", "channel", "user", "ts", "thread_ts", "channel_type", "team", "user_team")
 LISTENER_THREADS = 16  # listeners only ack and queue; answers run in SlackContext.workers
 
 
@@ -160,6 +161,8 @@ def _claim(ctx: SlackContext, key: str, event: dict) -> bool:
     if not events.may_be_question(ctx, event):
         return ctx.store.claim_event(key)
     kept = {k: event[k] for k in EVENT_FIELDS if k in event}
+    if event.get("files"):  # the ids only: a file object may carry a preview of the file's text
+        kept["files"] = file_ids(event["files"])
     return ctx.questions.receive(key, source=f"slack:{event.get('type')}", channel=event.get("channel", ""),
                                  user=event.get("user"), text=event.get("text", ""), event=kept) is not None
 

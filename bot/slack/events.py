@@ -11,6 +11,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot.slack import blocks, feedback
 from bot.slack.answering import Ask, submit
+from bot.slack.attachments import FILE_SHARE, file_ids
 from bot.slack.context import SlackContext
 from bot.slack.text import clean_text, correction, mentions, parse_ask
 
@@ -29,7 +30,7 @@ def on_mention(ctx: SlackContext, event: dict, event_id: str) -> None:
     thread = event.get("thread_ts")
     submit(ctx, Ask(text, event["channel"], event["user"], f"event:{event_id}", "mention",
                     thread_ts=thread or event["ts"], history_ts=thread, message_ts=event["ts"],
-                    team_id=event.get("user_team") or event.get("team")))
+                    team_id=event.get("user_team") or event.get("team"), files=tuple(file_ids(event.get("files")))))
 
 
 def may_be_question(ctx: SlackContext, event: dict) -> bool:
@@ -37,8 +38,10 @@ def may_be_question(ctx: SlackContext, event: dict) -> bool:
     one indexed lookup). Only these are stored before the ack; people talking elsewhere are never stored."""
     if event.get("type") == "app_mention":
         return bool(event.get("user") and event.get("channel") and event.get("ts"))
-    if event.get("type") != "message" or event.get("subtype") or event.get("bot_id") or not event.get("user"):
-        return False  # edits, joins, other bots
+    if event.get("type") != "message" or event.get("bot_id") or not event.get("user"):
+        return False
+    if event.get("subtype") not in (None, FILE_SHARE):
+        return False  # edits, joins, other bots; a message with a file attached is still a message
     if not event.get("channel") or not event.get("ts"):
         return False
     if event.get("channel_type") == "im":
@@ -63,7 +66,7 @@ def on_message(ctx: SlackContext, event: dict, event_id: str, *, assistant: bool
     source = "assistant" if assistant else ("thread" if thread else "dm")
     submit(ctx, Ask(text, channel, event["user"], f"event:{event_id}", source, thread_ts=thread, history_ts=thread,
                     message_ts=ts, is_dm=is_dm, assistant=assistant,
-                    team_id=event.get("user_team") or event.get("team")))
+                    team_id=event.get("user_team") or event.get("team"), files=tuple(file_ids(event.get("files")))))
 
 
 def _our_thread(ctx: SlackContext, channel: str, thread: str | None) -> bool:

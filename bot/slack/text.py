@@ -77,7 +77,7 @@ def history_turns(
     """
     turns = []
     for m in messages:
-        if not _before(m, before_ts) or m.get("subtype"):
+        if not _before(m, before_ts) or m.get("subtype") not in (None, "file_share"):  # a file with its question
             continue
         if m.get("user") == bot_user_id:
             if is_answer(m):

@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import mimetypes
 import threading
 import time
 import uuid
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.error import HTTPError
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 from urllib.request import Request, urlopen
 
 BOT_TOKEN = "xoxb-fake-bot-token"
@@ -102,6 +103,9 @@ class FakeSlack:
     tokens: tuple[str, ...] | None = (BOT_TOKEN, APP_TOKEN)  # None accepts any token
     channel_names: dict[str, str] = field(default_factory=dict)  # for conversations.info
     socket_mode: FakeSocketMode | None = None
+    file_tokens: tuple[str, ...] | None = None  # tokens url_private accepts; None: the same as `tokens`
+    _files: dict[str, dict] = field(default_factory=dict)
+    _file_bytes: dict[str, bytes] = field(default_factory=dict)
     _calls: list[Call] = field(default_factory=list)
     _messages: dict[str, dict[str, dict]] = field(default_factory=lambda: defaultdict(dict))
     _canned: dict[str, deque[_Canned]] = field(default_factory=lambda: defaultdict(deque))
@@ -186,16 +190,39 @@ class FakeSlack:
 
     # -- scripting
     def add_message(
-        self, channel: str, text: str, *, user: str = USER, ts: str | None = None, thread_ts: str | None = None
+        self, channel: str, text: str, *, user: str = USER, ts: str | None = None, thread_ts: str | None = None,
+        files: list[dict] | None = None,
     ) -> str:
-        """Put a user's message into the fake workspace (so conversations.replies returns it)."""
+        """Put a user's message into the fake workspace (so conversations.replies returns it), with its files."""
         ts = ts or new_ts()
         msg = {"type": "message", "user": user, "text": text, "ts": ts}
         if thread_ts and thread_ts != ts:
             msg["thread_ts"] = thread_ts
+        if files:
+            msg.update(files=[dict(f) for f in files], upload=True, subtype="file_share")
         with self._lock:
             self._messages[channel][ts] = msg
         return ts
+
+    def add_file(self, name: str, data: bytes, *, filetype: str | None = None, mimetype: str | None = None,
+                 size: int | None = None) -> dict:
+        """Upload a file to the fake workspace; returns its file object as files.info and events show it. Its bytes
+        are served at url_private(_download), on this server, to a request bearing an accepted token."""
+        fid = "F" + uuid.uuid4().hex[:10].upper()
+        ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+        url = f"{self.base_url}/files-pri/{self.team_id}-{fid}/{quote(name)}"
+        info = {
+            "id": fid, "created": int(time.time()), "name": name, "title": name,
+            "mimetype": mimetype or mimetypes.guess_type(name)[0] or "application/octet-stream",
+            "filetype": filetype or {"md": "markdown", "txt": "text", "htm": "html"}.get(ext, ext),
+            "user": USER, "size": len(data) if size is None else size, "mode": "hosted", "is_external": False,
+            "url_private": url, "url_private_download": url.replace(f"/{quote(name)}", f"/download/{quote(name)}"),
+            "permalink": f"https://fake.slack.test/files/{USER}/{fid}/{quote(name)}",
+        }
+        with self._lock:
+            self._files[fid] = info
+            self._file_bytes[fid] = data
+        return dict(info)
 
     def queue(self, method: str, *, status: int = 200, body: dict | None = None, headers: dict | None = None,
               after: int = 0) -> None:
@@ -288,6 +315,12 @@ def _replies(slack: FakeSlack, args: dict) -> dict:
         return {"ok": False, "error": "thread_not_found"}
     thread = [m for t, m in sorted(in_channel.items()) if t == ts or m.get("thread_ts") == ts]
     return {"ok": True, "messages": [dict(m) for m in thread], "has_more": False}
+
+
+@_method("files.info")
+def _files_info(slack: FakeSlack, args: dict) -> dict:
+    info = slack._files.get(args.get("file", ""))
+    return {"ok": True, "file": dict(info)} if info else {"ok": False, "error": "file_not_found"}
 
 
 @_method("views.open")
@@ -402,7 +435,37 @@ class _WebApiHandler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # else each response waits ~40 ms for a delayed ACK
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        self._serve(b"")
+        if self.path.startswith("/files-pri/"):
+            self._serve_file()
+        else:
+            self._serve(b"")
+
+    def _serve_file(self) -> None:
+        """url_private: the bytes for an accepted bearer token; otherwise what Slack does, a redirect to its
+        sign-in page (an HTML page, never the file). Recorded as method "files-pri"."""
+        fid = self.path.split("/")[2].rsplit("-", 1)[-1]
+        auth = self.headers.get("Authorization", "")
+        token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None
+        slack = self.slack
+        slack._handle("files-pri", {"file": fid}, token)
+        accepted = slack.file_tokens if slack.file_tokens is not None else slack.tokens
+        data = slack._file_bytes.get(fid)
+        if accepted is not None and token not in accepted:
+            body = b"<!DOCTYPE html><html><head><title>Slack</title></head><body>Sign in to Fake Co</body></html>"
+            self.send_response(302)
+            self.send_header("Location", f"{slack.base_url}/?redir={quote(self.path)}")
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+        elif data is None:
+            body = b"Not Found"
+            self.send_response(404)
+            self.send_header("Content-Type", "text/plain")
+        else:
+            body = data
+            self.send_response(200)
+            self.send_header("Content-Type", slack._files[fid]["mimetype"])
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def do_POST(self) -> None:  # noqa: N802
         length = int(self.headers.get("Content-Length") or 0)
@@ -572,7 +635,8 @@ def event_callback(event: dict, *, event_id: str | None = None, team_id: str = T
 
 
 def _message_event(
-    type_: str, text: str, *, channel: str, user: str, ts: str | None, thread_ts: str | None, channel_type: str
+    type_: str, text: str, *, channel: str, user: str, ts: str | None, thread_ts: str | None, channel_type: str,
+    files: list[dict] | None = None,
 ) -> dict:
     event = {
         "type": type_,
@@ -591,25 +655,29 @@ def _message_event(
         event["thread_ts"] = thread_ts
     if type_ == "app_mention":
         event.pop("channel_type")
+    if files:  # a message with files is subtype file_share; a mention carries them as they are
+        event.update(files=[dict(f) for f in files], upload=True, display_as_bot=False)
+        if type_ == "message":
+            event["subtype"] = "file_share"
     return event
 
 
 def app_mention(
     text: str, *, channel: str = CHANNEL, user: str = USER, ts: str | None = None, thread_ts: str | None = None,
-    event_id: str | None = None,
+    event_id: str | None = None, files: list[dict] | None = None,
 ) -> dict:
     event = _message_event("app_mention", text, channel=channel, user=user, ts=ts, thread_ts=thread_ts,
-                           channel_type="channel")
+                           channel_type="channel", files=files)
     return event_callback(event, event_id=event_id)
 
 
 def message(
     text: str, *, channel: str = CHANNEL, user: str = USER, ts: str | None = None, thread_ts: str | None = None,
     channel_type: str = "channel", event_id: str | None = None, bot_id: str | None = None,
-    subtype: str | None = None,
+    subtype: str | None = None, files: list[dict] | None = None,
 ) -> dict:
     event = _message_event("message", text, channel=channel, user=user, ts=ts, thread_ts=thread_ts,
-                           channel_type=channel_type)
+                           channel_type=channel_type, files=files)
     if bot_id:
         event["bot_id"] = bot_id
     if subtype:
