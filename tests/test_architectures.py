@@ -9,6 +9,7 @@ logits, exported by `training.architectures`' table, and checked three ways:
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,10 @@ from training import architectures, export, finetune, gguf_lora
 from training.architectures import UnsupportedArchitecture
 from training.dataset import Example
 
-ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma3", "phi3")
+ALL_ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma3", "phi3")
+# The suite trains the llama family (Q/K permuted), qwen2 (not permuted) and phi3 (fused qkv); about 50 s each.
+# DOMAINBOT_ALL_ARCHS=1 adds mistral, qwen3 and gemma3 (all six passed when run this way).
+ARCHS = ALL_ARCHS if os.environ.get("DOMAINBOT_ALL_ARCHS") == "1" else ("llama", "qwen2", "phi3")
 GGUF_ARCH = {"mistral": "llama"}  # a Mistral HF model converts to GGUF architecture "llama"
 AGREE = 0.98
 ANSWERS = ("Bullish: revenue beat estimates by twelve percent.", "Bearish: the company cut its dividend again.",

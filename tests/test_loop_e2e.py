@@ -1,23 +1,18 @@
-"""The whole feedback loop, end to end, on the real tiny model, with no human in it:
+"""The whole feedback loop, end to end, on the real tiny model:
 
-1. simulated users (bench/feedback_loop.py) ask through the real Slack app (signed HTTP, fake Slack Web API) and
-   react judged against the gold label: 👍 right, 👎 + a `correction:` reply on wrong, some 🙈 opt-outs;
-2. the worker's pass sees enough new feedback and retrains (SFT, plus TRL KTO where votes are usable), then the
-   job gate decides;
-3. good feedback: the candidate beats the live adapter significantly on the same dev items -> promoted, and the
-   running bot's next answer is on the new version (hot reload); poisoned feedback (every vote inverted) ->
-   rejected, the live version stays; a rollback shows on the answer after that.
-
-The yardstick here is tfns_sentiment (a short-answer task, so the test stays minutes, not an hour); the bench
-runs the same loop on the `<domain>_qa` job. The oracle is the gold labels the simulated users judge with, and
-the verdict itself is checked against an exact binomial computed here from the recorded paired counts.
+1. a question arrives through the real Slack app (signed HTTP, fake Slack Web API);
+2. 👍 and a correction arrive the way Slack delivers them;
+3. `domainbot retrain finance` runs in its own process (a few training steps, a small eval);
+4. the gate promotes the new version, or rejects it and says why;
+5. the running bot's next answer reports the live version, without a restart.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
-from functools import partial
-from math import comb
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,94 +21,144 @@ from bot import adapters
 from bot.answer import Answerer
 from bot.domains import discover
 from bot.retrieval.index import Retriever
-from bot.testing.slack_bot import RunningBot, start_bot
-from bot.testing.slack_kit import BOT_USER_ID, CHANNEL, app_mention, post_event
+from bot.slack.app import build
+from bot.slack.ingress import start_http
+from bot.store.store import Store
+from bot.testing.slack_kit import (
+    BOT_TOKEN,
+    BOT_USER_ID,
+    CHANNEL,
+    SIGNING_SECRET,
+    FakeSlack,
+    app_mention,
+    block_action,
+    post_event,
+    post_interaction,
+    reaction,
+    view_submission,
+)  # fmt: skip
 from bot.testing.workspace import linked_workspace
-from training import retrain as rt
-from training import worker
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from bench.feedback_loop import SimConfig, Simulator  # noqa: E402
-
-TASK = "tfns_sentiment"
 TWEET = "What is the sentiment of this tweet: $AAPL beats earnings estimates, shares jump 5%"
 
 
-def binom_tail(wins: int, losses: int) -> float:
-    n = wins + losses
-    return sum(comb(n, k) for k in range(wins, n + 1)) / 2**n if n else 1.0
+class LiveBot:
+    """The real Slack app over HTTP, answering with the real model; the fake Slack records its posts."""
+
+    def __init__(self, settings, runtime, embedder) -> None:
+        self.slack = FakeSlack().start()
+        self.settings = settings.with_(
+            slack_api_url=self.slack.api_url, slack_bot_token=BOT_TOKEN, slack_signing_secret=SIGNING_SECRET
+        )
+        discovery = discover(self.settings.domains_dir)
+        self.answerer = Answerer(self.settings, discovery, Retriever(self.settings, embedder), runtime)
+        self.store = Store.from_settings(self.settings)
+        self.app, self.ctx = build(self.settings, self.answerer, self.store)
+        self.server = start_http(self.app, SIGNING_SECRET, host="127.0.0.1", port=0)
+
+    def ask(self, text: str) -> tuple[str, dict]:
+        """Post a mention; return (question ts, the exchange row once the final answer is linked to it)."""
+        ts = self.slack.add_message(CHANNEL, text, user="U0ALICE")
+        assert post_event(self.server.url, app_mention(text, channel=CHANNEL, ts=ts))[0] == 200
+
+        def answered() -> dict | None:
+            rows = [r for r in self.store.exchanges() if r["thread_ts"] == ts and r["message_ts"]]
+            return rows[-1] if rows else None
+
+        return ts, self.slack.wait_for(answered, what="the answer to be logged")
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.ctx.close()
+        self.store.close()
+        self.slack.stop()
 
 
 @pytest.fixture
-def loop(base_settings, built_indexes, runtime, embedder, tmp_path):
+def live(base_settings, built_indexes, runtime, embedder, tmp_path) -> Iterator[LiveBot]:
     domains, indexes = linked_workspace(tmp_path, built_indexes)
-    settings = base_settings.with_(domains_dir=domains, indexes_dir=indexes, db_path=tmp_path / "loop.db",
-                                   max_tokens=8, prompt_budget=320)  # fmt: skip
-    answerer = Answerer(settings, discover(domains), Retriever(settings, embedder), runtime)
-    bot = start_bot(settings, answerer)
-    yield settings, answerer, bot
-    bot.stop()
-
-
-def next_answer_adapter(bot: RunningBot) -> str:
-    text = f"<@{BOT_USER_ID}> finance: {TWEET}"
-    ts = bot.slack.add_message(CHANNEL, text, user="U0CHECK")
-    assert post_event(bot.url, app_mention(text, channel=CHANNEL, ts=ts, user="U0CHECK"))[0] == 200
-    row = bot.slack.wait_for(
-        lambda: next((r for r in bot.store.exchanges("finance") if r["thread_ts"] == ts and r["message_ts"]), None),
-        what="the check answer",
+    settings = base_settings.with_(
+        domains_dir=domains,
+        indexes_dir=indexes,
+        db_path=tmp_path / "loop.db",
+        max_tokens=8,
+        prompt_budget=320,
     )
-    return row["adapter"]
+    bot = LiveBot(settings, runtime, embedder)
+    yield bot
+    bot.close()
 
 
-CFG = rt.RetrainConfig(
-    max_steps=30, lr=1e-3, batch_size=8, micro_batch=4, feedback_repeats=3, replay_per_example=0.5, min_replay=8,
-    replay_tasks=(TASK,), eval_limit=24, eval_tasks=(TASK,), test_limit=0, kto_steps=4, kto_lr=1e-4,
-    refit_router=False, threads=2, verify_with=1,
-)  # fmt: skip
+def retrain_cli(settings, *args: str) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ, "PYTHONPATH": str(ROOT), "DOMAINBOT_DOMAINS_DIR": str(settings.domains_dir),
+        "DOMAINBOT_INDEXES_DIR": str(settings.indexes_dir), "DOMAINBOT_DB": str(settings.db_path),
+        "DOMAINBOT_THREADS": "2",
+    }  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "bot", "retrain", "finance", *args],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
 
 
-def test_good_feedback_is_promoted_and_poisoned_feedback_rejected_by_the_worker(loop) -> None:
-    settings, answerer, bot = loop
-    adapters_dir = settings.domains_dir / "finance" / "adapters"
-    run_worker = partial(worker.run_once, settings, bot.store, min_examples=20, cfg=CFG,
-                         retrain_fn=partial(rt.retrain, answerer=answerer))  # fmt: skip
-    assert run_worker() == []  # nothing new yet: the worker waits
+def test_question_feedback_retrain_gate_and_hot_reload(live: LiveBot) -> None:
+    adapters_dir = live.settings.domains_dir / "finance" / "adapters"
+    # 1. Questions arrive through the Slack app and are answered on the live adapter (none yet: base).
+    liked_ts, liked = live.ask(f"<@{BOT_USER_ID}> finance: {TWEET}")
+    fixed_ts, fixed = live.ask(
+        f"<@{BOT_USER_ID}> finance: What is the sentiment of this tweet: Stocks slide as Fed signals more rate hikes"
+    )
+    assert (liked["domain"], liked["adapter"], liked["chosen_by"]) == ("finance", "base", "explicit")
 
-    # 1. good feedback on the base model's answers
-    good = Simulator(bot, discover(settings.domains_dir).get("finance"),
-                     SimConfig("finance", task=TASK, questions=40, correct_share=1.0, optout_share=0.1, seed=1))
-    stats = good.run()
-    assert stats.asked == 40 and stats.events >= 80 and stats.optouts >= 1
-    assert {r["kind"] for r in bot.store.feedback("finance")} >= {"reaction", "correction", "opt_out"}
+    # 2. 👍 as a reaction on the first answer; 👎 + a correction (the modal) on the second.
+    post_event(live.server.url, reaction("+1", channel=CHANNEL, ts=liked["message_ts"], user="U0ALICE"))
+    down = block_action("feedback_down", str(fixed["id"]), channel=CHANNEL, message_ts=fixed["message_ts"],
+                        thread_ts=fixed_ts, user="U0BOB")  # fmt: skip
+    assert post_interaction(live.server.url, down)[0] == 200
+    values = {"correction": {"text": {"type": "plain_text_input", "value": "Bearish"}}}
+    assert (
+        post_interaction(
+            live.server.url, view_submission("correction", str(fixed["id"]), values, user="U0BOB")
+        )[0]
+        == 200
+    )
+    live.slack.wait_for(lambda: len(live.store.feedback("finance")) >= 3, what="the feedback to be stored")
+    kinds = sorted((f["kind"], f["value"]) for f in live.store.feedback("finance"))
+    assert kinds == [("button", "-1"), ("correction", "Bearish"), ("reaction", "+1")]
 
-    [out] = run_worker()
-    print(f"\ngood feedback: {out.status} ({out.reason}) kto={out.verdict.get('kto')}")
-    dev = out.verdict["dev"][TASK]
-    assert out.status == "promoted", out.reason
-    assert dev["p_value"] == pytest.approx(binom_tail(dev["wins"], dev["losses"])) and dev["p_value"] < 0.05
-    assert dev["ci_low"] > 0
-    # Slack retrieves passages for a tweet and the guard quotes them: no 👍 or 👎 answer is the model's own words,
-    # so neither SFT nor KTO learns from them; only the users' corrections train (the rule, exercised for real).
-    assert {r["guard_verdict"] for r in bot.store.exchanges("finance")} == {"quoted"}
-    assert "kto" not in out.verdict and out.example_ids and all("-correction-" in i for i in out.example_ids)
-    [run] = bot.store.runs("finance")
-    assert (run["status"], run["candidate_version"], run["config"]["verdict"]["dev"]) == ("promoted", "v1", out.verdict["dev"])
-    assert next_answer_adapter(bot) == "v1"  # the running bot hot-reloaded
+    # 3. retrain, in its own process, as an operator (or the worker) would run it.
+    done = retrain_cli(
+        live.settings, "--steps", "2", "--eval-limit", "6", "--eval-task", "tfns_sentiment",
+        "--replay-task", "tfns_sentiment", "--margin", "0.01", "--kto-steps", "0", "--test-limit", "0",
+    )  # fmt: skip
+    print(done.stdout, done.stderr[-2000:])
+    assert done.returncode == 0, done.stderr[-3000:]
 
-    # 2. poisoned feedback: every vote inverted, corrections with wrong labels
-    bad = Simulator(bot, discover(settings.domains_dir).get("finance"),
-                    SimConfig("finance", task=TASK, questions=24, poisoned=True, correct_share=1.0, seed=2))
-    bad.run()
-    [out2] = run_worker()
-    print(f"poisoned feedback: {out2.status} ({out2.reason})")
-    assert out2.status == "rejected" and out2.candidate_version == "v2"
-    assert not out2.verdict["dev"][TASK]["significant"]
-    assert adapters.current(adapters_dir).version == "v1"
-    assert next_answer_adapter(bot) == "v1"
+    # 4. The gate's verdict, with its reason, is recorded.
+    [run] = live.store.runs("finance")
+    assert run["status"] in ("promoted", "rejected"), run
+    assert run["reason"] and run["candidate_version"] == "v1"
+    # a 👍 teaches only an answer the model wrote: not one the guard replaced by a quote or "no sources"
+    verdict = live.store.query("SELECT guard_verdict FROM exchanges WHERE id = ?", (liked["id"],))[0]["guard_verdict"]
+    correction = next(f["id"] for f in live.store.feedback_for(fixed["id"]) if f["kind"] == "correction")
+    expected = [f"exchange-{fixed['id']}-correction-{correction}"]
+    expected += [] if verdict in ("quoted", "no-sources") else [f"exchange-{liked['id']}"]
+    assert run["n_feedback_examples"] == len(expected) and run["n_replay_examples"] >= 16
+    assert sorted(run["example_ids"]) == sorted(expected)
+    assert set(run["metrics_candidate"]["tasks"]) == {"tfns_sentiment"}
+    assert f"finance: {run['status']}" in done.stdout
+    live_version = adapters.current(adapters_dir)
+    expected = "v1" if run["status"] == "promoted" else "base"
+    assert (live_version.version if live_version else "base") == expected
 
-    # 3. and a rollback is just as live
-    assert adapters.rollback(adapters_dir) == "base"
-    assert next_answer_adapter(bot) == "base"
+    # 5. The running bot (never restarted) answers the next question on the live version.
+    _, after = live.ask(f"<@{BOT_USER_ID}> finance: {TWEET}")
+    assert after["adapter"] == expected
+    print(f"\nloop: gate {run['status']} ({run['reason']}); next answer on {after['adapter']}")
+    if run["status"] == "promoted":  # and rollback is just as live
+        assert adapters.rollback(adapters_dir) == "base"
+        _, rolled = live.ask(f"<@{BOT_USER_ID}> finance: {TWEET}")
+        assert rolled["adapter"] == "base"

@@ -74,6 +74,7 @@ def test_a_degraded_candidate_is_rejected_by_the_gate(workspace, runtime, embedd
     cfg = rt.RetrainConfig(
         max_steps=16, epochs=2.0, lr=1e-3, batch_size=8, feedback_repeats=1, replay_per_example=0, min_replay=0,
         eval_limit=20, eval_tasks=(TASK,), refit_router=False,
+        kto_steps=0, test_limit=0,  # the verdict on a degraded candidate is the point; KTO and the test report cost minutes
     )  # fmt: skip
     out = rt.retrain("finance", settings=settings, store=store, cfg=cfg, answerer=answerer)
 

@@ -82,7 +82,8 @@ class Bot(RunningBot):
 
 
 @pytest.fixture()
-def bot(settings: Settings, quick: Answerer, tmp_path) -> Iterator[Bot]:
+def bot(settings: Settings, quick: Answerer, tmp_path, monkeypatch) -> Iterator[Bot]:
+    monkeypatch.setenv("DOMAINBOT_QUEUE_PER_USER", "0")  # one user sends all six mentions: the cap is not under test
     running = start_running_bot(settings, quick, cls=Bot, slack_app_token=APP_TOKEN, db_path=tmp_path / "hostile.db")
     yield running
     running.stop()
