@@ -24,8 +24,7 @@ from bot.domains import Discovery
 from bot.slack.app import start_socket_mode
 from bot.slack.blocks import ANSWER_BLOCK
 from bot.testing.recording import RecordingRuntime
-from bot.testing.slack_bot import RunningBot
-from bot.testing.slack_bot import start_bot as start_running_bot
+from bot.testing.slack_bot import BotStarter, RunningBot
 from bot.testing.slack_kit import (
     APP_TOKEN,
     BOT_TOKEN,
@@ -99,18 +98,10 @@ def blocks_text(msg: dict) -> str:
 
 
 @pytest.fixture()
-def start_bot(settings: Settings, quick: Answerer, tmp_path) -> Iterator[Callable[..., Bot]]:
-    started: list[Bot] = []
-
-    def start(answerer: Answerer | None = None, slack: FakeSlack | None = None, **overrides: object) -> Bot:
-        bot = start_running_bot(settings, answerer or quick, cls=Bot, slack=slack, **{
-            "slack_app_token": APP_TOKEN, "db_path": tmp_path / f"slack{len(started)}.db", **overrides})
-        started.append(bot)
-        return bot
-
-    yield start
-    for bot in started:
-        bot.stop()
+def start_bot(settings: Settings, quick: Answerer, tmp_path) -> Iterator[BotStarter[Bot]]:
+    starter = BotStarter(settings, quick, tmp_path, Bot, slack_app_token=APP_TOKEN)
+    yield starter
+    starter.close()
 
 
 @pytest.fixture()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import faiss
@@ -27,8 +27,7 @@ from bot.slack.events import may_be_question
 from bot.testing.documents import make_docx, make_encrypted_pdf, make_pdf, make_scanned_pdf
 from bot.testing.recording import RecordingRuntime
 from bot.testing.scripted_llm import URL, sse
-from bot.testing.slack_bot import RunningBot
-from bot.testing.slack_bot import start_bot as start_running_bot
+from bot.testing.slack_bot import BotStarter, RunningBot
 from bot.testing.slack_kit import (
     BOT_TOKEN,
     BOT_USER_ID,
@@ -159,18 +158,10 @@ def _sources_line(msg: dict) -> str:
 
 
 @pytest.fixture()
-def start_bot(settings: Settings, scripted_answerer, tmp_path) -> Iterator[Callable[..., Bot]]:
-    started: list[Bot] = []
-
-    def start(slack: FakeSlack | None = None, answerer: Answerer | None = None, **overrides: object) -> Bot:
-        bot = start_running_bot(settings, answerer or scripted_answerer[0], cls=Bot, slack=slack, **{
-            "db_path": tmp_path / f"slack{len(started)}.db", "stream_interval_s": 0.0, **overrides})
-        started.append(bot)
-        return bot
-
-    yield start
-    for bot in started:
-        bot.stop()
+def start_bot(settings: Settings, scripted_answerer, tmp_path) -> Iterator[BotStarter[Bot]]:
+    starter = BotStarter(settings, scripted_answerer[0], tmp_path, Bot, stream_interval_s=0.0)
+    yield starter
+    starter.close()
 
 
 def _index_state(settings: Settings) -> tuple[int, str]:

@@ -21,8 +21,7 @@ from bot.slack.context import SlackContext
 from bot.slack.ratelimit import RateLimiter
 from bot.slack.stream import MessageStream, NativeStream, open_stream
 from bot.store.store import Store
-from bot.testing.slack_bot import RunningBot
-from bot.testing.slack_bot import start_bot as start_running_bot
+from bot.testing.slack_bot import BotStarter, RunningBot
 from bot.testing.slack_kit import (
     BOT_TOKEN,
     CHANNEL,
@@ -311,18 +310,10 @@ def is_answer(msg: dict) -> bool:
 
 
 @pytest.fixture()
-def start_bot(settings: Settings, quick: Answerer, tmp_path) -> Iterator[Callable[..., Bot]]:
-    started: list[Bot] = []
-
-    def start(answerer: Answerer | None = None, **overrides: object) -> Bot:
-        bot = start_running_bot(settings, answerer or quick, cls=Bot, **{
-            "db_path": tmp_path / f"slack{len(started)}.db", "stream_interval_s": 0.0, **overrides})
-        started.append(bot)
-        return bot
-
-    yield start
-    for bot in started:
-        bot.stop()
+def start_bot(settings: Settings, quick: Answerer, tmp_path) -> Iterator[BotStarter[Bot]]:
+    starter = BotStarter(settings, quick, tmp_path, Bot, stream_interval_s=0.0)
+    yield starter
+    starter.close()
 
 
 @pytest.mark.slow

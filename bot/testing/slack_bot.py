@@ -4,7 +4,8 @@ the shared set-up of the Slack tests (test_slack_app, _durable, _native_stream, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeVar
+from pathlib import Path
+from typing import Generic, TypeVar
 
 from slack_bolt import App
 
@@ -50,3 +51,22 @@ def start_bot(settings: Settings, answerer: Answerer, *, cls: type[B] = RunningB
     store = Store.from_settings(s)
     app, ctx = build(s, answerer, store)
     return cls(slack, store, app, ctx, start_http(app, SIGNING_SECRET, host="127.0.0.1", port=0))
+
+
+class BotStarter(Generic[B]):
+    """What the Slack tests' `start_bot` fixtures return: each call starts one more bot on its own SQLite file
+    under `folder` (so two bots in one test never share a store by accident); close() stops them all."""
+
+    def __init__(self, settings: Settings, answerer: Answerer, folder: Path, cls: type[B], **defaults: object):
+        self.settings, self.answerer, self.folder, self.cls, self.defaults = settings, answerer, folder, cls, defaults
+        self.started: list[B] = []
+
+    def __call__(self, answerer: Answerer | None = None, slack: FakeSlack | None = None, **overrides: object) -> B:
+        bot = start_bot(self.settings, answerer or self.answerer, cls=self.cls, slack=slack, **{
+            "db_path": self.folder / f"slack{len(self.started)}.db", **self.defaults, **overrides})
+        self.started.append(bot)
+        return bot
+
+    def close(self) -> None:
+        for bot in self.started:
+            bot.stop()
