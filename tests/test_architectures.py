@@ -21,9 +21,9 @@ from training.architectures import UnsupportedArchitecture
 from training.dataset import Example
 
 ALL_ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma3", "phi3")
-# The suite trains the llama family (Q/K permuted), qwen2 (not permuted) and phi3 (fused qkv); about 50 s each.
-# DOMAINBOT_ALL_ARCHS=1 adds mistral, qwen3 and gemma3 (all six passed when run this way).
-ARCHS = ALL_ARCHS if os.environ.get("DOMAINBOT_ALL_ARCHS") == "1" else ("llama", "qwen2", "phi3")
+# All six in CI: 213 s on 2 cores from an empty cache (conversions included), about 100 s once cached.
+# DOMAINBOT_TINY_ARCHS=llama,phi3 narrows it for a quick local run.
+ARCHS = tuple(a for a in os.environ.get("DOMAINBOT_TINY_ARCHS", ",".join(ALL_ARCHS)).split(",") if a)
 GGUF_ARCH = {"mistral": "llama"}  # a Mistral HF model converts to GGUF architecture "llama"
 AGREE = 0.98
 ANSWERS = ("Bullish: revenue beat estimates by twelve percent.", "Bearish: the company cut its dividend again.",
