@@ -37,6 +37,7 @@ def train_speed(bf16: bool, steps: int, batch: int) -> tuple[float, float]:
     from training.dataset import load_examples
     from training.finetune import (
         TrainConfig,
+        chat_template,
         encode,
         load_base,
         lora_model,
@@ -46,10 +47,11 @@ def train_speed(bf16: bool, steps: int, batch: int) -> tuple[float, float]:
     )
 
     base, tok = load_base(served_gguf())
+    template = chat_template(served_gguf(), tok)
     cfg = TrainConfig(bf16=bf16)
     examples = load_examples("finance", max_examples=batch * (steps + 1), task_caps={"tatqa_hybrid_qa": 0},
                              count=token_counter(tok))
-    encoded = [encode(e, tok, cfg.max_len, cfg.max_answer_tokens) for e in examples]
+    encoded = [encode(e, tok, cfg.max_len, cfg.max_answer_tokens, template) for e in examples]
     model = lora_model(base, cfg)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     tokens, seconds = 0, 0.0

@@ -107,6 +107,15 @@ class Settings:
         return bool(self.slack_bot_token and (self.slack_signing_secret or self.slack_app_token))
 
 
+def _model_path(value: str | None) -> Path | None:
+    """DOMAINBOT_MODEL: a GGUF path, or the name of a packaged base (bot/llm/packaged.py, e.g. gemma3-270m)."""
+    if not value:
+        return None
+    from bot.llm.packaged import packaged_model_path
+
+    return packaged_model_path(value) or Path(value)
+
+
 def load_settings(env_file: Path | None = None) -> Settings:
     """Read settings from the environment; a `.env` in the project root fills gaps."""
     try:
@@ -125,7 +134,7 @@ def load_settings(env_file: Path | None = None) -> Settings:
         db_path=d.db_path if is_postgres_url(db) else Path(db),
         db_url=db if is_postgres_url(db) else None,
         domain_allowlist=_list("DOMAINBOT_DOMAINS"),
-        model_path=Path(model) if model else None,
+        model_path=_model_path(model),
         n_gpu_layers=_int("DOMAINBOT_N_GPU_LAYERS", d.n_gpu_layers),
         n_ctx=_int("DOMAINBOT_N_CTX", d.n_ctx),
         n_threads=_int("DOMAINBOT_THREADS", d.n_threads),

@@ -136,7 +136,8 @@ def tiny(request, tmp_path_factory):
 
 def _sequences(model) -> list[tuple[list[int], int]]:
     _, tokenizer = finetune.load_base(model.hf_dir)
-    return [finetune.encode(ex, tokenizer, 256, 64) for ex in _examples()]
+    template = finetune.chat_template(model.gguf("f32"), tokenizer)  # as serving renders the GGUF
+    return [finetune.encode(ex, tokenizer, 256, 64, template) for ex in _examples()]
 
 
 def _verify(model, result, adapter: Path, base_gguf: Path) -> export.VerifyReport:

@@ -201,20 +201,24 @@ def test_encoded_answers_end_with_the_served_end_of_turn(tiny_base, tiny_example
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    template = finetune.chat_template(tiny_base, tokenizer)  # an HF dir: its tokenizer's (SmolLM2's) template
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     for ex in tiny_examples:
-        ids, n_prompt = finetune.encode(ex, tokenizer, max_len=1024, max_answer=192)
+        ids, n_prompt = finetune.encode(ex, tokenizer, max_len=1024, max_answer=192, template=template)
         assert ids[-1] == im_end and 0 < n_prompt < len(ids)
         assert tokenizer.decode(ids[n_prompt:-1]).strip() == ex.answer.strip()
 
 
-def test_a_tokenizer_without_chatml_ends_answers_with_eos(tiny_base, tmp_path):
+def test_a_fallback_template_ends_answers_with_its_turn_end_else_eos(tiny_base):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    raw = Tokenizer(models.WordLevel({"<unk>": 0, "</s>": 1, "hello": 2}, unk_token="<unk>"))
+    from bot.llm import chat_format
+
+    gemma = chat_format.ChatTemplate("gemma", "fallback", chat_format.GEMMA, "<bos>", "<eos>")
+    raw = Tokenizer(models.WordLevel({"<unk>": 0, "</s>": 1, "hello": 2, "<end_of_turn>": 3}, unk_token="<unk>"))
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
     plain = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", eos_token="</s>")
-    assert finetune.end_of_turn_id(plain) == plain.eos_token_id == 1
-    chatml = AutoTokenizer.from_pretrained(tiny_base)
-    assert finetune.end_of_turn_id(chatml) == chatml.convert_tokens_to_ids("<|im_end|>")
+    assert finetune.turn_end_id(plain, gemma) == 3
+    chatml = AutoTokenizer.from_pretrained(tiny_base)  # no <end_of_turn> token: eos, which serving stops on too
+    assert finetune.turn_end_id(chatml, gemma) == chatml.eos_token_id

@@ -94,11 +94,12 @@ def verify_peft_dir(base_gguf: Path, adapter_gguf: Path, peft_dir: Path, example
                     min_agreement: float = MIN_AGREEMENT) -> VerifyReport:
     from peft import PeftModel
 
-    from training.finetune import MAX_ANSWER_TOKENS, MAX_LEN, encode, load_base, unwrap
+    from training.finetune import MAX_ANSWER_TOKENS, MAX_LEN, chat_template, encode, load_base, unwrap
 
     base, tokenizer = load_base(base_gguf)
+    template = chat_template(base_gguf, tokenizer)
     picked = pick_for_verify(examples, n)
-    sequences = [encode(ex, tokenizer, MAX_LEN, MAX_ANSWER_TOKENS) for ex in picked]
+    sequences = [encode(ex, tokenizer, MAX_LEN, MAX_ANSWER_TOKENS, template) for ex in picked]
     model = PeftModel.from_pretrained(base, str(peft_dir))
     try:
         return verify(base_gguf, adapter_gguf, model, sequences, min_agreement=min_agreement, threads=threads)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import ROOT, Settings, load_settings
+from bot.llm import chat_format
 from training import architectures
 from training.batches import answer_loss, batch_order, collate
 from training.checkpoints import load_checkpoint, save_checkpoint
@@ -213,24 +214,61 @@ def check_architecture(base_path: Path, cfg: TrainConfig) -> architectures.Archi
 
 
 # ---- data -----------------------------------------------------------------------------------------------
-def encode(example: Example | TextWindow, tokenizer, max_len: int, max_answer: int) -> tuple[list[int], int]:
+def chat_template(base_path: Path, tokenizer=None) -> chat_format.ChatTemplate:
+    """The chat template serving renders for this base: the GGUF's own, or its named fallback. An HF model dir
+    (a training-only base, never served) uses its tokenizer's template, else the fallback for its model type."""
+    path = Path(base_path)
+    if path.is_file():
+        try:
+            return chat_format.template_for(path)
+        except chat_format.ChatFormatError as exc:
+            raise TrainingError(str(exc)) from exc
+    text = getattr(tokenizer, "chat_template", None)
+    bos, eos = getattr(tokenizer, "bos_token", None) or "", getattr(tokenizer, "eos_token", None) or ""
+    if isinstance(text, str) and text.strip():
+        return chat_format.ChatTemplate("tokenizer", "tokenizer", text, bos, eos)
+    config = path / "config.json"
+    model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+    name = chat_format.fallback_name(model_type)
+    return chat_format.ChatTemplate(name, "fallback", chat_format.FALLBACKS[name], bos, eos or chat_format.TURN_END[name])
+
+
+def encode(example: Example | TextWindow, tokenizer, max_len: int, max_answer: int,
+           template: chat_format.ChatTemplate | None = None) -> tuple[list[int], int]:
     """Token ids of prompt + answer + end-of-turn, and how many leading ids are prompt (masked).
+    The prompt is `template` rendered by bot.llm.chat_format, the very text serving generates from.
     A document window is all target: (its ids, 0)."""
     if isinstance(example, TextWindow):
         return list(example.ids), 0
-    prompt = tokenizer.apply_chat_template(example.messages, add_generation_prompt=True, tokenize=False)
+    if template is None:
+        raise TrainingError("encoding a chat example needs the base's chat template (finetune.chat_template)")
+    try:
+        prompt = chat_format.render(template, example.messages)
+    except chat_format.ChatFormatError as exc:
+        raise TrainingError(str(exc)) from exc
+    # As serving tokenizes (bot/llm/llama.py): special tokens parsed, no BOS beyond what the template wrote.
     p_ids = tokenizer(prompt, add_special_tokens=False).input_ids
     a_ids = tokenizer(example.answer, add_special_tokens=False).input_ids[:max_answer]
-    a_ids = a_ids + [end_of_turn_id(tokenizer)]
+    a_ids = a_ids + [turn_end_id(tokenizer, template)]
     p_ids = p_ids[-(max_len - len(a_ids)) :]  # keep the end of an over-long prompt: the question sits there
     return p_ids + a_ids, len(p_ids)
 
 
-def end_of_turn_id(tokenizer) -> int:
-    """<|im_end|> for ChatML models, else EOS. A token lookup: get_vocab() builds a 49k-entry dict per call,
-    which made encoding 10k rows take minutes."""
-    tid = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    return tokenizer.eos_token_id if tid is None or tid == tokenizer.unk_token_id else tid
+def turn_end_text(template: chat_format.ChatTemplate) -> str:
+    """What closes an assistant turn: a fallback's TURN_END, else the eos the template's own turns end with."""
+    return chat_format.TURN_END[template.name] if template.source == "fallback" else template.eos
+
+
+def turn_end_id(tokenizer, template: chat_format.ChatTemplate) -> int:
+    """The single token id of turn_end_text; serving stops on it (ChatTemplate.stops). A token lookup:
+    get_vocab() builds a vocabulary-sized dict per call, which made encoding 10k rows take minutes."""
+    text = turn_end_text(template)
+    tid = tokenizer.convert_tokens_to_ids(text) if text else None
+    if tid is None or tid == tokenizer.unk_token_id:
+        if tokenizer.eos_token_id is None:
+            raise TrainingError(f"the tokenizer has no token for the turn end {text!r} and no eos")
+        return tokenizer.eos_token_id
+    return tid
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -279,11 +317,12 @@ def train(
         raise TrainingError(f"base model not found: {base_path}")
     check_architecture(base_path, cfg)
     base, tokenizer = load_base(base_path)
+    template = chat_template(base_path, tokenizer)
     if examples is None:
         examples = config_examples(domain, cfg, settings, tokenizer)
     if not examples:
         raise TrainingError(f"no training examples for {domain.name}")
-    encoded = [encode(ex, tokenizer, cfg.max_len, cfg.max_answer_tokens) for ex in examples]
+    encoded = [encode(ex, tokenizer, cfg.max_len, cfg.max_answer_tokens, template) for ex in examples]
     steps_per_epoch = math.ceil(len(encoded) / cfg.batch_size)
     total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
     total = min(total, cfg.max_steps) if cfg.max_steps else total

@@ -50,7 +50,7 @@ class ChatFormatError(ValueError):
 @dataclass(frozen=True)
 class ChatTemplate:
     name: str  # "gguf" for the file's own template, else the fallback's name
-    source: Literal["gguf", "fallback"]
+    source: Literal["gguf", "fallback", "tokenizer"]  # tokenizer: an HF dir's (training-only bases)
     text: str  # the jinja2 source
     bos: str
     eos: str

@@ -100,6 +100,17 @@ class TinyModel:
             tmp.rename(out)
         return out
 
+    def gguf_without_template(self, outtype: str = "f32") -> Path:
+        """The same GGUF with tokenizer.chat_template removed (by gguf-py's own gguf_new_metadata.py), like a
+        pretrained base as published (Gemma 3 270M): serving and training fall back to a named template."""
+        out = self.folder / f"model-{outtype}-no-template.gguf"
+        if not out.is_file():
+            tmp = out.with_suffix(".tmp")
+            run_script("gguf-py/gguf/scripts/gguf_new_metadata.py", str(self.gguf(outtype)), str(tmp),
+                       "--remove-metadata", "tokenizer.chat_template", "--force")
+            tmp.rename(out)
+        return out
+
 
 def recipe_key(name: str) -> str:
     import transformers
