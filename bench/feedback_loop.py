@@ -12,7 +12,12 @@ gates and promotes or rejects, with no human.
     python bench/feedback_loop.py --domain legal --mode noise --questions 120 --out /tmp/loop
 
 Prints a table (qa test correctness before/after, the verdict, the interval, wall time) and writes it as
-markdown (plus results.json) under --out (default bench/results/feedback_loop, outside git's tracked files).
+markdown (plus results.json, and each loop's dev answers, live vs candidate, as answers_<domain>_<mode>.json)
+under --out (default bench/results/feedback_loop, outside git's tracked files).
+
+`--keep-db` saves each loop's feedback store as <out>/feedback_<domain>_<mode>.db; `--reuse-db` then retrains from
+that store without simulating again (the same feedback, another recipe). The live adapter's eval results are
+cached under <out>/.gate_cache, keyed by everything they depend on (`training.retrain.live_eval`).
 """
 
 from __future__ import annotations
@@ -200,8 +205,10 @@ def loop_config(**changes):
     return RetrainConfig(**{**base, **changes})
 
 
-def run_loop(settings, answerer, domain_name: str, sim: SimConfig, *, cfg=None, min_examples: int = 1) -> dict:
-    """Simulate the feedback, let the worker retrain (gate, promote/reject), return the numbers."""
+def run_loop(settings, answerer, domain_name: str, sim: SimConfig, *, cfg=None, min_examples: int = 1,
+             simulate: bool = True) -> dict:
+    """Simulate the feedback (`simulate` False: the store at settings.db_path already holds it), let the worker
+    retrain (gate, promote/reject), return the numbers."""
     from functools import partial
 
     from bot.domains import discover
@@ -213,7 +220,8 @@ def run_loop(settings, answerer, domain_name: str, sim: SimConfig, *, cfg=None, 
     t0 = time.perf_counter()
     bot = start_bot(settings, answerer)
     try:
-        stats = Simulator(bot, domain, sim, optout=settings.optout_reaction).run()
+        stats = Simulator(bot, domain, sim, optout=settings.optout_reaction).run() if simulate else stored_stats(
+            bot.store, domain_name)  # fmt: skip
         t1 = time.perf_counter()
         due = rt.new_example_count(bot.store, domain_name)
         outcomes = worker.run_once(settings, bot.store, min_examples=min_examples, cfg=cfg or loop_config(),
@@ -228,7 +236,20 @@ def run_loop(settings, answerer, domain_name: str, sim: SimConfig, *, cfg=None, 
         return {**result, "status": "not due", "reason": f"{due} new signals < {min_examples}"}
     return {**result, "status": out.status, "reason": out.reason, "from": out.current_version,
             "to": out.candidate_version, "live": out.live_version, "verdict": out.verdict,
-            "n_feedback": out.n_feedback, "n_replay": out.n_replay}  # fmt: skip
+            "n_feedback": out.n_feedback, "n_replay": out.n_replay, "items": out.items}  # fmt: skip
+
+
+def stored_stats(store, domain_name: str) -> SimStats:
+    """What a reused store holds, counted from its rows (the events count is the stored signals plus questions)."""
+    from training import feedback as fd
+
+    exchanges, rows = store.exchanges(domain_name), store.feedback(domain_name)
+    votes = list(fd.standing_votes(rows).values())
+    kinds = [r["kind"] for r in rows]
+    s = SimStats(asked=len(exchanges), up=votes.count(1), down=votes.count(-1), corrections=kinds.count("correction"),
+                 optouts=kinds.count("opt_out"))  # fmt: skip
+    s.events = s.asked + len(rows)
+    return s
 
 
 def row_of(mode: str, r: dict) -> list[str]:
@@ -265,6 +286,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--kto-steps", type=int, default=8)
     ap.add_argument("--eval-limit", type=int, default=60)
     ap.add_argument("--test-limit", type=int, default=60)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--kto-lr", type=float, default=5e-5)
+    ap.add_argument("--keep-db", action="store_true", help="save each loop's feedback store under --out")
+    ap.add_argument("--reuse-db", action="store_true", help="retrain from the store --keep-db saved; no simulation")
+    ap.add_argument("--tag", default="", help="a label for this recipe in the table and file names")
     ap.add_argument("--live", default="", help="an adapter folder to copy in as the live v1 (default: the shipped one)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "feedback_loop")
     args = ap.parse_args(argv)
@@ -280,11 +306,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     base = load_settings()
-    rows, results = [], []
+    done = args.out / "results.json"
+    results = json.loads(done.read_text()) if done.is_file() else []  # earlier loops stay in the table
     for name in args.domain:
         for mode in args.mode or list(MODES):
             noise, poisoned = MODES[mode]
+            saved = args.out / f"feedback_{name}_{mode}.db"
+            if args.reuse_db and not saved.is_file():
+                raise SystemExit(f"--reuse-db: no {saved}; run once with --keep-db")
             with tempfile.TemporaryDirectory(prefix="feedback_loop_") as tmp:
+                if args.reuse_db:
+                    for suffix in ("", "-wal"):
+                        if Path(f"{saved}{suffix}").is_file():
+                            shutil.copy(f"{saved}{suffix}", Path(tmp) / f"loop.db{suffix}")
                 domains, indexes = linked_workspace(Path(tmp), base.indexes_dir)
                 settings = base.with_(domains_dir=domains, indexes_dir=indexes, db_path=Path(tmp) / "loop.db")
                 domain = discover(domains).get(name)
@@ -297,16 +331,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                 try:
                     sim = SimConfig(name, task=args.task, questions=args.questions, noise=noise, poisoned=poisoned)
                     cfg = loop_config(max_steps=args.steps, kto_steps=args.kto_steps, eval_limit=args.eval_limit,
-                                      test_limit=args.test_limit)  # fmt: skip
-                    r = run_loop(settings, answerer, name, sim, cfg=cfg)
+                                      test_limit=args.test_limit, lr=args.lr, kto_lr=args.kto_lr,
+                                      eval_cache=str(args.out / ".gate_cache"))  # fmt: skip
+                    r = run_loop(settings, answerer, name, sim, cfg=cfg, simulate=not args.reuse_db)
+                    r["recipe"] = {k: v for k, v in asdict(cfg).items() if k != "eval_cache"}
+                    r["reused_db"] = args.reuse_db
                 finally:
                     answerer.close()
+                if args.keep_db and not args.reuse_db:
+                    for suffix in ("", "-wal"):  # a store in WAL mode may still hold rows in its log
+                        if (Path(tmp) / f"loop.db{suffix}").is_file():
+                            shutil.copy(Path(tmp) / f"loop.db{suffix}", f"{saved}{suffix}")
+            mode = f"{mode} {args.tag}".strip()
             r["mode"] = mode
-            results.append(r)
-            rows.append(row_of(mode, r))
-            print(markdown(rows[-1:]).splitlines()[-1], f"({r['reason'][:160]})", flush=True)
-            (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    table = markdown(rows)
+            items = r.pop("items", {})
+            if items:
+                (args.out / f"answers_{name}_{mode.replace(' ', '_')}.json").write_text(json.dumps(items, indent=1))
+            results = [x for x in results if (x["domain"], x["mode"]) != (name, mode)] + [r]
+            print(markdown([row_of(mode, r)]).splitlines()[-1], f"({r['reason'][:160]})", flush=True)
+            done.write_text(json.dumps(results, indent=1, default=str))
+    table = markdown([row_of(x["mode"], x) for x in results])
     (args.out / "table.md").write_text(table)
     print(table)
     return 0

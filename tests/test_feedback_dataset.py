@@ -141,9 +141,9 @@ def test_exclude_and_a_later_correction_is_new_data(store: Store, finance) -> No
     vote(store, a, "+1", "U1", "1")
     seen = build(store, finance).source_ids
     assert build(store, finance, exclude=seen).examples == []
-    store.add_feedback(a, "correction", "Revenue was $12.4m.", user="U2", event_key="2")
+    store.add_feedback(a, "correction", "Revenue was $10.0m.", user="U2", event_key="2")
     fresh = build(store, finance, exclude=seen)
-    assert [ex.answer for ex in fresh.examples] == ["Revenue was $12.4m."]
+    assert [ex.answer for ex in fresh.examples] == ["Revenue was $10.0m."]
 
 
 def test_latest_correction_wins(store: Store, finance) -> None:
@@ -188,3 +188,56 @@ def test_answers_to_review_are_the_downvoted_ones_newest_first(store: Store) -> 
     assert review("finance", limit=2) == [ids[2], ids[1]]
     assert review("finance") == [ids[2], ids[1], ids[0]]
     assert review("legal") == []
+
+
+# -- grounding: what a correction and a 👍 answer teach ---------------------------------------------------
+def _numbered(prompt: str) -> dict[int, str]:
+    """'[n] Title' lines of a built prompt -> {n: title} (read from the text, not from the code under test)."""
+    import re
+
+    return {int(n): title for n, title in re.findall(r"^\[(\d+)\] (.+)$", prompt, flags=re.MULTILINE)}
+
+
+def build_grounded(store: Store, domain):
+    return fd.build(store, domain, lookup=fd.IndexLookup(PASSAGES.values()), domain_names=["finance"], budget=700)
+
+
+@pytest.mark.parametrize("shown", [["doc-2#0"], ["doc-2#0", "doc-1#0"], ["doc-1#0", "doc-2#0"]])
+def test_a_correction_naming_its_source_cites_it_in_a_prompt_that_shows_it(store: Store, finance, shown) -> None:
+    a = ask(store, answer="Revenue was $10.0m [1].", citations=shown)
+    store.add_feedback(a, "correction", "$12.3m (source: doc-1)", user="U1", event_key="c")
+    (ex,) = build_grounded(store, finance).examples
+    titles = _numbered(ex.messages[0]["content"])
+    assert "Revenue was $12.3m in 2019" in ex.messages[0]["content"]  # retrieval missed it: now it is shown
+    assert len(titles) == len(shown)  # in place of another passage, not in addition
+    n = next(n for n, t in titles.items() if t == "Annual report 2019")
+    assert ex.answer == f"$12.3m [{n}]"  # the fact, citing the passage it is in, as a served answer cites
+
+
+def test_a_correction_whose_source_is_unknown_keeps_the_fact_without_the_note(store: Store, finance) -> None:
+    a = ask(store, answer="Operating expenses fell 4% [1].", citations=["doc-2#0"])
+    store.add_feedback(a, "correction", "They rose 4% (source: nowhere-7)", user="U1", event_key="c")
+    (ex,) = build_grounded(store, finance).examples
+    assert ex.answer == "They rose 4%"
+    assert "Annual report 2019" not in ex.messages[0]["content"]
+    assert fd.split_source("rose 4% [2]") == ("rose 4% [2]", None)  # a plain citation is not a source note
+
+
+@pytest.mark.parametrize("fact", ["$2.3m (source: doc-1)", "Revenue grew $2.3m", "$12.3m (source: doc-2)"])
+def test_a_correction_with_a_figure_no_shown_passage_holds_is_not_learned(store: Store, finance, fact) -> None:
+    # 12.3 - 10.0 = 2.3 is right, but the guard drops any sentence whose number is in no passage: users would
+    # never get that answer. "(source: doc-2)" names a passage without $12.3m: the same.
+    a = ask(store, answer="Revenue was $10.0m [1].", citations=["doc-2#0"])
+    store.add_feedback(a, "correction", fact, user="U1", event_key="c")
+    data = build_grounded(store, finance)
+    assert data.examples == [] and data.counts["unservable"] == 1
+
+
+def test_a_liked_answer_cites_the_passage_it_used_after_the_store_reorders_them(store: Store, finance) -> None:
+    # Served with [1] Annual report, [2] Notes; the answer used [2]; the store keeps the cited passage first.
+    a = ask(store, "What happened to opex?", answer="Operating expenses rose 4% [2].", citations=["doc-2#0", "doc-1#0"])
+    vote(store, a, "+1", "U1", "1")
+    (ex,) = build_grounded(store, finance).examples
+    titles = _numbered(ex.messages[0]["content"])
+    cited = int(ex.answer.rsplit("[", 1)[1].rstrip("]."))
+    assert titles[cited] == "Notes"  # the passage that says 4%, whatever number it now has

@@ -197,3 +197,78 @@ def test_kto_with_trl_moves_the_model_toward_the_liked_answer(base_settings, tmp
     print(f"\nKTO: log p(liked) - log p(disliked) {before:.2f} -> {after:.2f}; TRL {numbers}")
     assert after > before + 2.0
     assert numbers["rewards/margins"] > 0
+
+
+def test_a_correction_naming_its_source_is_a_grounded_desirable_row(store: Store) -> None:
+    finance = discover(ROOT / "domains").get("finance")
+    other = Passage("doc-9#0", "Staff handbook", "Holidays are 25 days.", 0.4, "doc-9")
+    lookup = fd.IndexLookup([*PASSAGES.values(), other])
+    xid = ask(store, answer="Revenue was $9m [1].", citations=["doc-9#0"])  # retrieval missed the report
+    fb(store, xid, "-1", "U1")
+    fb(store, xid, "$12.3m (source: doc-1)", "U1", kind="correction")
+    data = kto.build(store, finance, lookup=lookup, domain_names=["finance"], budget=700)
+    rejected, chosen = data.rows
+    assert (rejected["label"], chosen["label"]) == (False, True)
+    assert "Revenue was $12.3m in 2019." not in rejected["prompt"][0]["content"]  # what the bot really saw
+    assert "[1] Annual report\nRevenue was $12.3m in 2019." in chosen["prompt"][0]["content"]
+    assert chosen["completion"][0]["content"] == "$12.3m [1]"
+
+
+def test_a_correction_with_a_figure_no_passage_holds_is_never_desirable(store: Store) -> None:
+    finance = discover(ROOT / "domains").get("finance")
+    xid = ask(store, answer="Revenue was $9m [1].")
+    fb(store, xid, "-1", "U1")
+    fb(store, xid, "Revenue grew $2.3m (source: doc-1)", "U1", kind="correction")  # computed: in no passage
+    data = kto.build(store, finance, lookup=fd.IndexLookup(PASSAGES.values()), domain_names=["finance"], budget=700)
+    assert [r["label"] for r in data.rows] == [False] and data.unservable == 1
+
+
+@pytest.mark.slow
+def test_kto_trains_a_base_whose_gguf_has_no_chat_template(tmp_path: Path) -> None:
+    """Gemma 3 270M as published has no chat template; TRL would format conversational rows with the tokenizer's
+    (none: "Cannot use chat template functions"). Rows go in as serving's rendered text instead. Oracle: the
+    log-probability gap liked - disliked answer after the served prompt, computed with plain transformers."""
+    import torch
+    from peft import PeftModel
+
+    from bot.llm import chat_format
+    from bot.testing import tiny_archs
+    from training.finetune import TrainConfig, load_base, lora_model, unwrap
+
+    try:
+        gguf = tiny_archs.build("gemma3").gguf_without_template()
+    except tiny_archs.ToolsUnavailable as exc:
+        pytest.skip(str(exc))
+    base, tok = load_base(gguf)
+    assert not getattr(tok, "chat_template", None)  # the case under test: nothing for TRL to format with
+    template = chat_format.template_for(gguf)
+    assert template.source == "fallback"
+    peft_dir = tmp_path / "peft"
+    fresh = lora_model(base, TrainConfig(rank=4, alpha=8))
+    fresh.save_pretrained(peft_dir)
+    unwrap(fresh)
+    prompt = [{"role": "user", "content": "Sentiment of headline 7?"}]
+    head = chat_format.render(template, prompt)
+
+    def gap() -> float:
+        model = PeftModel.from_pretrained(base, peft_dir)
+        try:
+            n = len(tok(head, add_special_tokens=False).input_ids)
+            out = []
+            for answer in ("Bullish", "Bearish"):
+                ids = tok(head + answer, add_special_tokens=False, return_tensors="pt").input_ids
+                with torch.no_grad():
+                    logp = model(ids).logits.log_softmax(-1)
+                out.append(sum(logp[0, i - 1, ids[0, i]].item() for i in range(n, ids.shape[1])))
+            return out[0] - out[1]
+        finally:
+            unwrap(model)
+
+    rows = [{"prompt": prompt, "completion": [{"role": "assistant", "content": a}], "label": a == "Bullish"}
+            for a in ("Bullish", "Bearish")] * 2  # fmt: skip
+    assert kto.as_text(rows[0], template)["prompt"] == head
+    before = gap()
+    kto.refine(peft_dir, kto.KTOData(rows=rows), gguf, kto.KTOSettings(steps=6, lr=1e-2, threads=2))
+    after = gap()
+    print(f"\nKTO on a template-less base: log p(liked) - log p(disliked) {before:.2f} -> {after:.2f}")
+    assert after > before + 1.0

@@ -197,3 +197,35 @@ def test_replay_caps_keep_only_the_named_tasks(env) -> None:
     }
     with pytest.raises(UserFacingError, match="has no task"):
         rt.replay_caps(legal, ("legalbench_hearsay",))  # an eval-only task name
+
+
+def test_the_live_adapters_eval_is_cached_by_what_it_depends_on(env, monkeypatch, tmp_path: Path) -> None:
+    """Evaluated once per (adapter file, items, settings); a changed adapter file or split is evaluated again."""
+    from training import evaluate as ev
+
+    settings, _ = env
+    finance = discover(settings.domains_dir).get("finance")
+    (finance.adapters_dir / "v1").mkdir(parents=True)
+    gguf = finance.adapters_dir / "v1" / "adapter.gguf"
+    gguf.write_bytes(b"adapter one")
+    calls: list[tuple[str, str]] = []
+
+    def evaluate(domain, adapter, **kw):
+        calls.append((adapter, kw["split"]))
+        tasks = {"finance_qa": {"kind": "open_qa", "n": 2, "score": len(calls) / 10}}
+        return ev.EvalResult("finance", adapter, tasks, items=[{"id": "q1", "task": "finance_qa", "correct": True}])
+
+    monkeypatch.setattr(ev, "evaluate", evaluate)
+    cfg = rt.RetrainConfig(eval_cache=str(tmp_path / "cache"))
+    kw = {"limit": 2, "tasks": None, "settings": settings, "answerer": object(), "with_retrieval": False,
+          "split": "dev", "progress": False}  # fmt: skip
+    first = rt.live_eval(finance, "v1", cfg, dict(kw))
+    again = rt.live_eval(finance, "v1", cfg, dict(kw))
+    assert calls == [("v1", "dev")]
+    assert again.to_dict() == first.to_dict()  # the first run's numbers and answers, read back
+    rt.live_eval(finance, "v1", cfg, {**kw, "split": "test"})
+    gguf.write_bytes(b"adapter two")  # another adapter under the same version name
+    rt.live_eval(finance, "v1", cfg, dict(kw))
+    assert calls == [("v1", "dev"), ("v1", "test"), ("v1", "dev")]
+    rt.live_eval(finance, "v1", rt.RetrainConfig(), dict(kw))  # no cache folder: always evaluated
+    assert len(calls) == 4

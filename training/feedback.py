@@ -11,16 +11,27 @@ Votes: each user counts once per exchange. A user's latest vote event wins ("+1"
 button), and "removed:+1" withdraws it. So a retried event, a repeated reaction or 👍 on both the reaction and
 the button never counts twice.
 
-An SFT example is exactly what the model saw: the domain's system prompt with the passages the answer cited
-(looked up by chunk id in the domain's index) and the question, formatted by `bot.prompt.build_messages`.
+An SFT example is what the model saw: the domain's system prompt with the passages the answer was shown (looked
+up by chunk id in the domain's index) and the question, formatted by `bot.prompt.build_messages`. Two repairs
+make it teach the job (a short answer read from a numbered passage) rather than guessing:
+- the store keeps the shown passages with the cited ones first, so a 👍 answer's [n] markers are renumbered to
+  the order the rebuilt prompt shows them in (else "[2]" would point at another passage);
+- a correction that names its source ("... (source: <doc id>)") is grounded: that passage is put among the
+  shown ones when retrieval missed it, and the target is the stated fact citing it as [n], the way served
+  answers cite. A correction with no findable source stays as written.
+A correction with a number that no shown passage holds (a computed figure, or a wrong source) is not trained on:
+the guard drops every such sentence in serving (`bot.guard`), so the model would learn an answer users never
+get, and to state figures its sources lack. It is counted as "unservable" (KTO skips it the same way).
 """
 
 from __future__ import annotations
 
+import random
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from bot.prompt import Passage, TokenCounter, approx_tokens, build_messages
+from bot.prompt import SOURCES_HEADER, Passage, TokenCounter, approx_tokens, build_messages
 from bot.router import explicit_prefix
 from training.dataset import Example
 
@@ -144,23 +155,85 @@ def to_example(
     budget: int,
     count: TokenCounter = approx_tokens,
 ) -> Example | None:
-    """The SFT example for one usable exchange, or None when its cited passages are gone from the index."""
-    messages = prompt_messages(judged.exchange, system_prompt=system_prompt, domain_names=domain_names,
-                               lookup=lookup, budget=budget, count=count)  # fmt: skip
-    if messages is None:
+    """The SFT example for one usable exchange, or None when its cited passages are gone from the index or the
+    correction is unservable (see the module doc)."""
+    pair = training_pair(judged.exchange, judged.target or "", corrected=judged.status == "corrected",
+                         system_prompt=system_prompt, domain_names=domain_names, lookup=lookup, budget=budget,
+                         count=count)  # fmt: skip
+    if pair is None or (judged.status == "corrected" and unservable(*pair)):
         return None
-    return Example(messages, judged.target, f"feedback_{judged.status}", judged.source_id)
+    return Example(pair[0], pair[1], f"feedback_{judged.status}", judged.source_id)
+
+
+def unservable(messages: Sequence[Mapping], target: str) -> bool:
+    """True when the target states a number none of the prompt's passages holds (the guard's own number rule)."""
+    from bot import guard
+
+    shown = [n.value for n in guard.numbers_in(messages[0]["content"].partition(SOURCES_HEADER)[2])]
+    return any(not any(n.matches(v) for v in shown) for n in guard.numbers_in(target))
+
+
+_CITE = re.compile(r"\[(\d{1,2})\]")  # as bot.answer reads an answer's [n] markers
+_SOURCE_NOTE = re.compile(r"\s*[(\[]\s*(?:source|sources|src)\s*:\s*([^()\[\]]+?)\s*[)\]]\s*\.?\s*$", re.IGNORECASE)
+
+
+def split_source(text: str) -> tuple[str, str | None]:
+    """'$1.2 million (source: doc-7)' -> ('$1.2 million', 'doc-7'); a text naming no source -> (text, None)."""
+    m = _SOURCE_NOTE.search(text)
+    return (text[: m.start()].strip(), m.group(1).strip()) if m and m.start() > 0 else (text, None)
+
+
+def renumber(text: str) -> str:
+    """The answer's [n] markers in first-use order become [1], [2], ...: the order the store keeps the cited
+    passages in (cited first), so the rebuilt prompt's numbers and the answer's agree again."""
+    order = list(dict.fromkeys(int(n) for n in _CITE.findall(text)))
+    new = {old: i + 1 for i, old in enumerate(order)}
+    return _CITE.sub(lambda m: f"[{new[int(m.group(1))]}]", text)
+
+
+def _passages(exchange: Mapping, lookup: ChunkLookup) -> list[Passage] | None:
+    cited = list(exchange.get("citations") or [])
+    passages = [p for p in map(lookup, cited) if p is not None]
+    return None if cited and not passages else passages  # gone from the index: training would teach guessing
 
 
 def prompt_messages(exchange: Mapping, *, system_prompt: str, domain_names: Sequence[str], lookup: ChunkLookup,
                     budget: int, count: TokenCounter = approx_tokens) -> list[dict] | None:  # fmt: skip
-    """The prompt the model saw for an exchange (its cited passages looked up again), None if they are gone."""
-    cited = list(exchange.get("citations") or [])
-    passages = [p for p in map(lookup, cited) if p is not None]
-    if cited and not passages:
-        return None  # training on the answer without the sources it was drawn from would teach guessing
+    """The prompt the model saw for an exchange (its shown passages looked up again), None if they are gone."""
+    passages = _passages(exchange, lookup)
+    if passages is None:
+        return None
     _, question = explicit_prefix(exchange["question"], list(domain_names))
     return build_messages(system_prompt, question, passages, budget=budget, count=count).messages
+
+
+def training_pair(exchange: Mapping, target: str, *, corrected: bool, system_prompt: str,
+                  domain_names: Sequence[str], lookup: ChunkLookup, budget: int,
+                  count: TokenCounter = approx_tokens) -> tuple[list[dict], str] | None:  # fmt: skip
+    """(prompt messages, target) for one answer or correction (see the module doc), None when its passages
+    are gone from the index."""
+    passages = _passages(exchange, lookup)
+    if passages is None:
+        return None
+    _, question = explicit_prefix(exchange["question"], list(domain_names))
+    fact, ref = split_source(target) if corrected else (target, None)
+    find = getattr(lookup, "source", None)
+    source = find(ref, fact) if ref and find else None
+    if source is not None and all(p.chunk_id != source.chunk_id for p in passages):
+        # retrieval missed it: show it, at a position drawn per exchange (always [1] would teach "copy [1]"),
+        # in place of the last-ranked passage so the prompt keeps its size
+        keep = max(1, len(passages))
+        at = random.Random(exchange.get("id", 0)).randrange(len(passages) + 1)
+        passages = [*passages[:at], source, *passages[at:]]
+        if len(passages) > keep:
+            passages.remove(next(p for p in reversed(passages) if p is not source))
+    built = build_messages(system_prompt, question, passages, budget=budget, count=count)
+    if not corrected:
+        return built.messages, renumber(target)
+    shown = [p.chunk_id for p in built.passages]
+    if source is not None and source.chunk_id in shown:
+        return built.messages, f"{fact} [{shown.index(source.chunk_id) + 1}]"
+    return built.messages, fact if ref else target
 
 
 @dataclass
@@ -205,7 +278,8 @@ def build(
             count=count,
         )
         if example is None:
-            out.counts["stale"] = out.counts.get("stale", 0) + 1
+            key = "stale" if _passages(j.exchange, lookup) is None else "unservable"
+            out.counts[key] = out.counts.get(key, 0) + 1
         else:
             out.examples.append(example)
     out.review = needs_review(judged)
@@ -224,7 +298,28 @@ def needs_review(judged: Iterable[Judged], limit: int | None = None) -> list[Jud
     return flagged[:limit]
 
 
-def index_lookup(retriever, domain) -> ChunkLookup:
-    """Chunk id -> Passage from the domain's built index (the same text the answer was given)."""
-    chunks = {c.chunk_id: c for c in retriever.load(domain).chunks}
-    return chunks.get
+class IndexLookup:
+    """Chunk id -> Passage (call it), and `source(ref, fact)`: the passage a correction names, by chunk id or
+    document id, preferring the document's chunk that holds the fact."""
+
+    def __init__(self, chunks: Iterable[Passage]) -> None:
+        self.chunks = {c.chunk_id: c for c in chunks}
+        self.docs: dict[str, list[Passage]] = {}
+        for c in self.chunks.values():
+            self.docs.setdefault(c.doc_id or c.chunk_id.split("#", 1)[0], []).append(c)
+
+    def __call__(self, chunk_id: str) -> Passage | None:
+        return self.chunks.get(chunk_id)
+
+    def source(self, ref: str, fact: str) -> Passage | None:
+        from training.qa_eval import contains
+
+        if ref in self.chunks:
+            return self.chunks[ref]
+        candidates = self.docs.get(ref.split("#", 1)[0], [])
+        return next((c for c in candidates if contains(c.text, fact)), candidates[0] if candidates else None)
+
+
+def index_lookup(retriever, domain) -> IndexLookup:
+    """The domain's built index as an `IndexLookup` (the same text the answer was given)."""
+    return IndexLookup(retriever.load(domain).chunks)

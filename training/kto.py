@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bot.llm import chat_format
+from bot.llm.chat_format import ChatTemplate
 from bot.prompt import TokenCounter, approx_tokens
 from training import feedback as fd
 from training.errors import TrainingError
@@ -102,11 +104,13 @@ class KTOData:
     rows: list[dict] = field(default_factory=list)  # {"prompt": messages, "completion": messages, "label": bool}
     source_ids: list[str] = field(default_factory=list)
     stale: int = 0  # signals whose cited passages are gone from the index
+    unservable: int = 0  # desirable completions with a number no shown passage holds (`feedback.unservable`)
 
     @property
     def counts(self) -> dict[str, int]:
         up = sum(r["label"] for r in self.rows)
-        return {"desirable": up, "undesirable": len(self.rows) - up, "stale": self.stale}
+        return {"desirable": up, "undesirable": len(self.rows) - up, "stale": self.stale,
+                "unservable": self.unservable}
 
 
 def to_rows(sigs: Iterable[Signal], *, system_prompt: str, domain_names: Sequence[str], lookup: fd.ChunkLookup,
@@ -117,12 +121,17 @@ def to_rows(sigs: Iterable[Signal], *, system_prompt: str, domain_names: Sequenc
     for s in sigs:
         if s.source_id in skip:
             continue
-        prompt = fd.prompt_messages(s.exchange, system_prompt=system_prompt, domain_names=domain_names,
-                                    lookup=lookup, budget=budget, count=count)  # fmt: skip
-        if prompt is None:
+        # the same prompt and target as the SFT example: a correction grounded in the passage it names
+        pair = fd.training_pair(s.exchange, s.completion, corrected=s.why == "corrected", system_prompt=system_prompt,
+                                domain_names=domain_names, lookup=lookup, budget=budget, count=count)  # fmt: skip
+        if pair is None:
             out.stale += 1
             continue
-        out.rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": s.completion}],
+        prompt, completion = pair
+        if s.label and fd.unservable(prompt, completion):  # a figure no shown passage holds: never desirable
+            out.unservable += 1
+            continue
+        out.rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": completion}],
                          "label": s.label})  # fmt: skip
         out.source_ids.append(s.source_id)
     return out
@@ -153,6 +162,16 @@ class KTOSettings:
     threads: int = 0
 
 
+def as_text(row: Mapping, template: ChatTemplate) -> dict:
+    """A row as the text serving renders (bot.llm.chat_format), not messages: TRL would format those with the
+    tokenizer's template, which a pretrained GGUF lacks (Gemma 3 270M) and which need not match serving's.
+    The completion closes with the turn end serving stops at, as SFT's targets do."""
+    from training.finetune import turn_end_text
+
+    return {"prompt": chat_format.render(template, row["prompt"]),
+            "completion": row["completion"][0]["content"] + turn_end_text(template), "label": row["label"]}
+
+
 def refine(peft_dir: Path, data: KTOData, base_gguf: Path, ks: KTOSettings) -> dict:
     """A few KTO steps on the LoRA in `peft_dir` (the reference is that LoRA as it was), saved back in place.
     Returns TRL's last logged numbers."""
@@ -164,11 +183,12 @@ def refine(peft_dir: Path, data: KTOData, base_gguf: Path, ks: KTOSettings) -> d
     from transformers import PrinterCallback
     from trl import KTOConfig, KTOTrainer
 
-    from training.finetune import load_base, unwrap
+    from training.finetune import chat_template, load_base, unwrap
 
     if ks.threads:
         torch.set_num_threads(ks.threads)
     base, tokenizer = load_base(base_gguf)
+    template = chat_template(base_gguf, tokenizer)
     saved = (tokenizer.pad_token, tokenizer.padding_side)  # the tokenizer is cached: put it back after
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -180,7 +200,8 @@ def refine(peft_dir: Path, data: KTOData, base_gguf: Path, ks: KTOSettings) -> d
             seed=ks.seed, report_to=[], save_strategy="no", logging_steps=1, use_cpu=not torch.cuda.is_available(),
             disable_tqdm=True, dataloader_num_workers=0,
         )  # fmt: skip
-        trainer = KTOTrainer(model=model, args=args, train_dataset=Dataset.from_list(data.rows),
+        rows = [as_text(row, template) for row in data.rows]
+        trainer = KTOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                              processing_class=tokenizer)  # fmt: skip
         trainer.remove_callback(PrinterCallback)  # the numbers are returned and recorded, not printed per step
         trainer.train()

@@ -20,8 +20,11 @@ per domain at a time (a file lock); a run left "running" by a dead process is ma
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import random
 import shutil
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -68,6 +71,10 @@ class RetrainConfig:
     threads: int = 0
     verify_with: int = 3  # examples whose llama.cpp vs transformers logits are compared on export
     refit_router: bool = True
+    # A folder for the live adapter's eval results, keyed by everything they depend on (adapter file hash,
+    # items, prompt and model settings, the scoring code): a live adapter that outlives several rejected
+    # candidates is evaluated once. None: evaluate it every run.
+    eval_cache: str | None = None
 
 
 @dataclass
@@ -86,6 +93,7 @@ class RetrainOutcome:
     metrics_candidate: dict = field(default_factory=dict)
     router: dict = field(default_factory=dict)
     verdict: dict = field(default_factory=dict)  # the gate's paired numbers (dev) and the test split's report
+    items: dict = field(default_factory=dict)  # "current"/"candidate" -> dev eval items (answers): not stored
 
     @property
     def promoted(self) -> bool:
@@ -201,6 +209,7 @@ def warm_start_dir(domain: Domain, version: str) -> Path | None:
 def train_candidate(
     domain: Domain, examples: list, cfg: RetrainConfig, settings: Settings, *, warm_start: Path | None,
     on_step: Callable[[int, float], None] | None = None, kto_data=None, kto_log: dict | None = None,
+    seconds: dict | None = None,
 ) -> adapters.AdapterVersion:  # fmt: skip
     """Train (SFT, then KTO over `kto_data` when given) and publish a new, unpromoted version folder."""
     from training.export import publish
@@ -210,22 +219,33 @@ def train_candidate(
         lr=cfg.lr, batch_size=cfg.batch_size, micro_batch=cfg.micro_batch, max_steps=cfg.max_steps, epochs=cfg.epochs,
         warmup_steps=min(3, cfg.max_steps), seed=cfg.seed, threads=cfg.threads, warm_start=warm_start,
     )  # fmt: skip
+    clock = time.perf_counter()
     result = train(domain, tcfg, examples, settings=settings, on_step=on_step, resume=False)
+    _lap(seconds, "sft", clock)
     if kto_data is not None and cfg.kto_steps and len(kto_data.rows) >= 2:
         from training import kto
 
+        clock = time.perf_counter()
         ks = kto.KTOSettings(steps=cfg.kto_steps, lr=cfg.kto_lr, beta=cfg.kto_beta, seed=cfg.seed, threads=cfg.threads)
         numbers = kto.refine(result.peft_dir, kto_data, served_gguf(settings), ks)
         if kto_log is not None:
             kto_log.update(numbers, rows=len(kto_data.rows), **kto_data.counts)
+        _lap(seconds, "kto", clock)
+    clock = time.perf_counter()
     version = publish(
         result, examples, adapters_dir=domain.adapters_dir, base_gguf=served_gguf(settings),
         verify_with=cfg.verify_with, threads=cfg.threads, command=f"domainbot retrain {domain.name}",
     )  # fmt: skip
+    _lap(seconds, "export", clock)
     # A retrain never resumes and publish keeps the PEFT weights in vN/peft, so the run's 30 MB checkpoint
     # folder is clutter once published (a failed export keeps it: its message points at the rejected file).
     shutil.rmtree(result.run_dir, ignore_errors=True)
     return version
+
+
+def _lap(seconds: dict | None, name: str, since: float) -> None:
+    if seconds is not None:
+        seconds[name] = round(time.perf_counter() - since, 1)
 
 
 def document_replay(domain: Domain, n: int, seed: int, settings: Settings) -> list:
@@ -263,6 +283,7 @@ class Verdict:
     current: Any  # EvalResult (or perplexity metrics) of the live adapter
     candidate: Any
     paired: dict = field(default_factory=dict)  # task -> the paired comparison (training.significance)
+    seconds: dict = field(default_factory=dict)  # where the judging time went
 
 
 def judge_job(domain: Domain, candidate: str, current: str, cfg: RetrainConfig, settings: Settings,
@@ -277,10 +298,47 @@ def judge_job(domain: Domain, candidate: str, current: str, cfg: RetrainConfig, 
     kwargs = {"limit": cfg.eval_limit, "tasks": list(cfg.eval_tasks) or None, "settings": settings,
               "answerer": answerer, "with_retrieval": False, "split": "dev", "progress": False}  # fmt: skip
     # Gate on the dev split: the test split is only reported, never used to choose.
+    t0 = time.perf_counter()
     cand = evaluate(domain, candidate, **kwargs)
-    cur = evaluate(domain, current, **kwargs)
+    t1 = time.perf_counter()
+    cur = live_eval(domain, current, cfg, kwargs)
     ok, reason, paired = job_gate(cand, cur, margin, alpha=cfg.alpha, seed=cfg.seed)
-    return Verdict(ok, reason, cur, cand, paired)
+    v = Verdict(ok, reason, cur, cand, paired)
+    v.seconds = {"eval_candidate": round(t1 - t0, 1), "eval_current": round(time.perf_counter() - t1, 1)}
+    return v
+
+
+def eval_cache_key(domain: Domain, adapter: str, kwargs: Mapping[str, Any]) -> str:
+    """Everything an eval result depends on: `evaluate.fingerprint` (base and adapter file hashes, the eval and
+    qa files, prompt, limits, split, the scoring and retrieval code) plus the generation settings and the
+    answering path's class."""
+    from training.evaluate import fingerprint
+
+    s: Settings = kwargs["settings"]
+    key = {"fp": fingerprint(domain, adapter, s, kwargs["limit"], kwargs["tasks"], kwargs["split"]),
+           "gen": [s.n_ctx, s.max_tokens, s.temperature, s.seed, s.prompt_budget, s.chunk_tokens, s.chunk_overlap,
+                   str(s.model_path), s.llm_backend],
+           "answerer": type(kwargs["answerer"]).__name__, "retrieval": kwargs["with_retrieval"]}  # fmt: skip
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def live_eval(domain: Domain, adapter: str, cfg: RetrainConfig, kwargs: dict) -> Any:
+    """`evaluate` of the live adapter, read from cfg.eval_cache when that exact setup was evaluated before."""
+    from training.evaluate import EvalResult, evaluate
+
+    if not cfg.eval_cache or adapter == "base":
+        return evaluate(domain, adapter, **kwargs)
+    path = Path(cfg.eval_cache) / f"{domain.name}-{adapter}-{eval_cache_key(domain, adapter, kwargs)}.json"
+    try:
+        return EvalResult.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError):
+        pass
+    result = evaluate(domain, adapter, **kwargs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result.to_dict()))
+    tmp.replace(path)  # a reader never sees half a file
+    return result
 
 
 def judge(domain: Domain, candidate: str, current: str, cfg: RetrainConfig, settings: Settings,
@@ -302,7 +360,7 @@ def report_test(domain: Domain, candidate: str, current: str, cfg: RetrainConfig
         return {}
     kwargs = {"limit": cfg.test_limit, "tasks": tasks, "settings": settings, "answerer": answerer,
               "with_retrieval": False, "split": "test", "progress": False}  # fmt: skip
-    cand, cur = evaluate(domain, candidate, **kwargs), evaluate(domain, current, **kwargs)
+    cand, cur = evaluate(domain, candidate, **kwargs), live_eval(domain, current, cfg, kwargs)
     paired = {t: sig.compare_items(cur.items, cand.items, t, alpha=cfg.alpha, seed=cfg.seed).to_dict() for t in tasks}
     return {"current": summarize(cur), "candidate": summarize(cand), "paired": paired}
 
@@ -422,13 +480,17 @@ def _run(out: RetrainOutcome, domain: Domain, names: list[str], cfg: RetrainConf
     out.n_replay = len(replay)
     examples = mix(data.examples, replay, cfg.feedback_repeats, cfg.seed + out.run_id)
     kto_log: dict = {}
+    seconds: dict = {}
     candidate = train_candidate(domain, examples, cfg, settings, warm_start=warm_start_dir(domain, out.current_version),
-                                on_step=on_step, kto_data=kto_data, kto_log=kto_log)  # fmt: skip
+                                on_step=on_step, kto_data=kto_data, kto_log=kto_log, seconds=seconds)  # fmt: skip
     out.candidate_version = candidate.version
     verdict = judge_job(domain, candidate.version, out.current_version, cfg, settings, answerer)
     ok, reason = verdict.ok, verdict.reason
     out.metrics_current, out.metrics_candidate = summarize(verdict.current), summarize(verdict.candidate)
-    out.verdict = {"promoted": ok, "reason": reason, "dev": verdict.paired, "alpha": cfg.alpha,
+    if isinstance(verdict.candidate, EvalResult):  # the answers themselves, for whoever reads the outcome
+        out.items = {"current": verdict.current.items, "candidate": verdict.candidate.items}
+    seconds.update(verdict.seconds)
+    out.verdict = {"promoted": ok, "reason": reason, "dev": verdict.paired, "alpha": cfg.alpha, "seconds": seconds,
                    **({"kto": kto_log} if kto_log else {})}  # fmt: skip
     if isinstance(verdict.candidate, EvalResult):  # a perplexity verdict is already in meta.json
         record_metrics(domain, verdict.candidate)
@@ -438,10 +500,12 @@ def _run(out: RetrainOutcome, domain: Domain, names: list[str], cfg: RetrainConf
     out.status, out.reason = ("promoted" if ok else "rejected"), reason
     _record(store, out)
     if isinstance(verdict.candidate, EvalResult):
+        clock = time.perf_counter()
         try:  # the verdict stands whatever happens here: this is a report
             test = report_test(domain, candidate.version, out.current_version, cfg, settings, answerer)
         except Exception as exc:
             test = {"error": f"{type(exc).__name__}: {exc}"}
+        _lap(seconds, "test_report", clock)
         if test:
             out.verdict["test"] = test.get("paired", test)
             out.metrics_current["test"] = test.get("current", {})
