@@ -118,3 +118,26 @@ def test_short_passages_are_not_touched():
     from bot.prompt import best_sentences
 
     assert best_sentences(PASSAGE, "notice", 500, words) == PASSAGE
+
+
+def test_a_long_first_passage_shares_the_room_with_the_second():
+    # A long table-like first passage used to fill the room and push out the second, which holds the answer.
+    filler = " ".join(f"Row {i} gives the 2019 growth rate of warehouse number {i}." for i in range(60))
+    first = Passage("table#0", "Annual report", "Revenue in 2019 was 4,120 dollars. " + filler)
+    second = Passage("note#0", "Tax note", "The effective tax rate in 2019 was 21 percent.")
+    question = "What was the effective tax rate in 2019?"
+    old = build_messages("SYS", question, [first, second], budget=260, count=words, share_among=1)
+    new = build_messages("SYS", question, [first, second], budget=260, count=words, share_among=2)
+    assert [p.chunk_id for p in old.passages] == ["table#0"]  # the first passage took all the room
+    assert [p.chunk_id for p in new.passages] == ["table#0", "note#0"]
+    system = new.messages[0]["content"]
+    assert "effective tax rate in 2019 was 21 percent" in system
+    assert "Revenue in 2019 was 4,120 dollars." in system  # the first keeps its sentence that matches
+    assert new.tokens <= 260
+
+
+def test_sharing_leaves_short_passages_whole():
+    passages = [Passage(f"d{i}#0", f"T{i}", f"short passage number {i} about rates") for i in range(3)]
+    built = build_messages("SYS", "What are the rates?", passages, budget=200, count=words, share_among=2)
+    assert [p.chunk_id for p in built.passages] == ["d0#0", "d1#0", "d2#0"]
+    assert all(f"short passage number {i} about rates" in built.messages[0]["content"] for i in range(3))

@@ -7,13 +7,21 @@ on a significant gain on the domain's `<d>_qa` dev items, and the running bot ho
 batch (e.g. mostly wrong votes) is rejected with its numbers in `training_runs`. A failed or rejected run marks its
 signals as tried, so the loop waits for N *more* before it tries again instead of spinning. A crash of one
 retrain is logged and the loop goes on; the live adapter is never touched by a failure.
+
+One retrain per domain across hosts: with a PostgreSQL store each retrain runs under a lease, a session-level
+advisory lock on a connection of its own (`retrain_lease`). A worker that finds the lease held skips the domain
+for this pass and logs it; the server drops the lock when the holder's session ends, so a crashed or killed
+holder (its socket closes, or TCP keepalive notices a dead host) frees the domain for the next pass. With SQLite
+(one host) `training.retrain`'s file lock serialises the processes, as before.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from bot import metrics
@@ -23,6 +31,10 @@ from bot.errors import UserFacingError
 from bot.store.store import Store
 
 log = logging.getLogger(__name__)
+
+LEASE_CLASS = 0x646F6D62  # "domb": first key of the two-int advisory locks; migrations use the one-bigint space
+# Close a lease whose holder vanished without a FIN (power loss, partition) after about a minute, not 2 hours.
+KEEPALIVE = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 
 
 @dataclass(frozen=True)
@@ -38,19 +50,63 @@ def due_domains(store: Store, domains: Iterable[str], min_examples: int) -> list
     return [d for d in counts if d.new_examples >= max(1, min_examples)]
 
 
+def lease_key(domain: str) -> int:
+    """The domain's int4 advisory-lock key (a collision only makes two domains take turns)."""
+    return zlib.crc32(domain.encode()) - 2**31
+
+
+@contextmanager
+def retrain_lease(settings: Settings, domain: str) -> Iterator[bool]:
+    """Yields True while this process holds `domain`'s retrain lease, False when another session holds it.
+
+    Only a PostgreSQL store (hosts share it) needs one; with SQLite this yields True. The lease is its own
+    connection, not the store's: the store reconnects silently after a drop, which would lose a lock unseen.
+    """
+    url = getattr(settings, "db_url", None)
+    if not url:
+        yield True
+        return
+    import psycopg
+
+    from bot.store.postgres import redact
+
+    try:
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=10, application_name="domainbot-worker",
+                               **KEEPALIVE)
+    except psycopg.Error as exc:
+        raise UserFacingError(f"cannot take the retrain lease at {redact(url)}: {redact(str(exc)).strip()}") from exc
+    try:
+        yield bool(conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (LEASE_CLASS, lease_key(domain))).fetchone()[0])
+    finally:
+        conn.close()  # ending the session releases the lock (and a crash ends it too)
+
+
 def run_once(settings: Settings, store: Store, *, min_examples: int | None = None, cfg=None,
              retrain_fn: Callable | None = None) -> list:  # fmt: skip
     """One pass: retrain every due domain; returns the outcomes (an exception becomes a 'failed' outcome)."""
-    from training.retrain import RetrainOutcome, retrain
+    from training.retrain import RetrainBusy, RetrainOutcome, new_example_count, retrain
 
     retrain_fn = retrain_fn or retrain
     threshold = settings.retrain_min_examples if min_examples is None else min_examples
     names = discover(settings.domains_dir, settings.domain_allowlist).domains
     outcomes = []
     for due in due_domains(store, names, threshold):
-        log.info("retraining %s: %d new feedback examples", due.domain, due.new_examples)
         try:
-            outcomes.append(retrain_fn(due.domain, settings=settings, store=store, cfg=cfg))
+            with retrain_lease(settings, due.domain) as held:
+                if not held:
+                    log.warning("skipping %s: another worker holds its retrain lease", due.domain)
+                    outcomes.append(RetrainOutcome(due.domain, "skipped", "another worker is retraining it"))
+                    continue
+                # Counted again under the lease: a run that ended while we waited has tried these signals.
+                fresh = new_example_count(store, due.domain)
+                if fresh < max(1, threshold):
+                    log.info("skipping %s: another worker's run already tried its feedback", due.domain)
+                    continue
+                log.info("retraining %s: %d new feedback examples", due.domain, fresh)
+                outcomes.append(retrain_fn(due.domain, settings=settings, store=store, cfg=cfg))
+        except RetrainBusy as exc:  # another process on this host (the file lock)
+            log.warning("skipping %s: %s", due.domain, exc)
+            outcomes.append(RetrainOutcome(due.domain, "skipped", str(exc)))
         except Exception as exc:  # one domain's failure must not stop the loop
             log.exception("retrain of %s failed", due.domain)
             outcomes.append(RetrainOutcome(due.domain, "failed", f"{type(exc).__name__}: {exc}"))
