@@ -134,3 +134,23 @@ def test_lease_keys_fit_postgres_int4(domain: str) -> None:
     from training.worker import lease_key
 
     assert -(2**31) <= lease_key(domain) < 2**31
+
+
+def test_retrain_by_hand_waits_for_no_one_and_starts_nothing_while_a_worker_holds_the_lease(
+        pg_url: str, tmp_path: Path, monkeypatch, capsys) -> None:  # fmt: skip
+    from bot.cli import main
+
+    b = host(tmp_path, "b", pg_url)
+    for key, value in {"DOMAINBOT_DB": pg_url, "DOMAINBOT_DOMAINS_DIR": str(b.domains_dir),
+                       "DOMAINBOT_INDEXES_DIR": str(b.indexes_dir), "DOMAINBOT_MODEL": str(b.model_path)}.items():
+        monkeypatch.setenv(key, value)
+    store = Store.from_settings(b)
+    liked(store, 2)
+    with retrain_lease(b, "finance") as held:  # another host's worker, mid-run
+        assert held
+        assert main(["retrain", "finance"]) == 1
+        assert "a worker on another host is retraining it now" in capsys.readouterr().err
+        assert store.runs("finance") == []
+    assert main(["retrain", "finance"]) == 2  # lease free: the real retrain runs (and fails on the missing base)
+    assert [r["status"] for r in store.runs("finance")] == ["failed"]
+    store.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from bot.config import ROOT, Settings
@@ -74,9 +75,16 @@ def print_outcome(out) -> None:
 def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
     from bot.store.store import Store
     from training.retrain import retrain
+    from training.worker import retrain_lease
 
     _discover(settings, args.domain)
-    with Store.from_settings(settings) as store:
+    # The workers' lease: by hand on one host while another host's worker trains the same domain would be two runs.
+    with retrain_lease(settings, args.domain) as held, Store.from_settings(settings) as store:
+        if not held:
+            print(f"{args.domain}: a worker on another host is retraining it now (it holds the domain's lease in "
+                  "the shared store); nothing was started. Try again when its run ends (`domainbot report`).",
+                  file=sys.stderr)
+            return 1
         out = retrain(args.domain, settings=settings, store=store, cfg=_retrain_config(args))
     print_outcome(out)
     return 0 if out.status in ("promoted", "rejected", "skipped") else 1
