@@ -157,12 +157,31 @@ def test_refine_needs_two_rows(tmp_path: Path) -> None:
                    kto.KTOSettings())  # fmt: skip
 
 
-@pytest.mark.slow
-def test_kto_with_trl_moves_the_model_toward_the_liked_answer(base_settings, tmp_path: Path) -> None:
-    """Oracle: the log-probability gap liked - disliked answer, computed here with plain transformers."""
+def _liked_gap(base, tok, peft_dir: Path, head: str) -> float:
+    """log p("Bullish") - log p("Bearish") after the rendered prompt `head`, with plain transformers + peft."""
     import torch
     from peft import PeftModel
 
+    from training.finetune import unwrap
+
+    model = PeftModel.from_pretrained(base, peft_dir)
+    try:
+        n = len(tok(head, add_special_tokens=False).input_ids)
+        out = []
+        for answer in ("Bullish", "Bearish"):
+            ids = tok(head + answer, add_special_tokens=False, return_tensors="pt").input_ids
+            with torch.no_grad():
+                logp = model(ids).logits.log_softmax(-1)
+            out.append(sum(logp[0, i - 1, ids[0, i]].item() for i in range(n, ids.shape[1])))
+        return out[0] - out[1]
+    finally:
+        unwrap(model)
+
+
+@pytest.mark.slow
+def test_kto_with_trl_moves_the_model_toward_the_liked_answer(base_settings, tmp_path: Path) -> None:
+    """Oracle: the log-probability gap liked - disliked answer, computed here with plain transformers."""
+    from bot.llm import chat_format
     from training.finetune import TrainConfig, load_base, lora_model, served_gguf, unwrap
 
     gguf = served_gguf(base_settings)
@@ -174,26 +193,12 @@ def test_kto_with_trl_moves_the_model_toward_the_liked_answer(base_settings, tmp
     prompt = [{"role": "system", "content": "You classify finance tweets."},
               {"role": "user", "content": "Sentiment: $AAPL beats estimates, shares jump"}]  # fmt: skip
 
-    def gap() -> float:
-        model = PeftModel.from_pretrained(base, peft_dir)
-        try:
-            head = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-            n = len(tok(head, add_special_tokens=False).input_ids)
-            out = []
-            for answer in ("Bullish", "Bearish"):
-                ids = tok(head + answer, add_special_tokens=False, return_tensors="pt").input_ids
-                with torch.no_grad():
-                    logp = model(ids).logits.log_softmax(-1)
-                out.append(sum(logp[0, i - 1, ids[0, i]].item() for i in range(n, ids.shape[1])))
-            return out[0] - out[1]
-        finally:
-            unwrap(model)
-
+    head = chat_format.render(chat_format.template_for(gguf), prompt)  # the prompt serving would send
     rows = [{"prompt": prompt, "completion": [{"role": "assistant", "content": a}], "label": a == "Bullish"}
             for a in ("Bullish", "Bearish")] * 2  # fmt: skip
-    before = gap()
+    before = _liked_gap(base, tok, peft_dir, head)
     numbers = kto.refine(peft_dir, kto.KTOData(rows=rows), gguf, kto.KTOSettings(steps=6, lr=5e-4, threads=2))
-    after = gap()
+    after = _liked_gap(base, tok, peft_dir, head)
     print(f"\nKTO: log p(liked) - log p(disliked) {before:.2f} -> {after:.2f}; TRL {numbers}")
     assert after > before + 2.0
     assert numbers["rewards/margins"] > 0
@@ -228,9 +233,6 @@ def test_kto_trains_a_base_whose_gguf_has_no_chat_template(tmp_path: Path) -> No
     """Gemma 3 270M as published has no chat template; TRL would format conversational rows with the tokenizer's
     (none: "Cannot use chat template functions"). Rows go in as serving's rendered text instead. Oracle: the
     log-probability gap liked - disliked answer after the served prompt, computed with plain transformers."""
-    import torch
-    from peft import PeftModel
-
     from bot.llm import chat_format
     from bot.testing import tiny_archs
     from training.finetune import TrainConfig, load_base, lora_model, unwrap
@@ -250,25 +252,11 @@ def test_kto_trains_a_base_whose_gguf_has_no_chat_template(tmp_path: Path) -> No
     prompt = [{"role": "user", "content": "Sentiment of headline 7?"}]
     head = chat_format.render(template, prompt)
 
-    def gap() -> float:
-        model = PeftModel.from_pretrained(base, peft_dir)
-        try:
-            n = len(tok(head, add_special_tokens=False).input_ids)
-            out = []
-            for answer in ("Bullish", "Bearish"):
-                ids = tok(head + answer, add_special_tokens=False, return_tensors="pt").input_ids
-                with torch.no_grad():
-                    logp = model(ids).logits.log_softmax(-1)
-                out.append(sum(logp[0, i - 1, ids[0, i]].item() for i in range(n, ids.shape[1])))
-            return out[0] - out[1]
-        finally:
-            unwrap(model)
-
     rows = [{"prompt": prompt, "completion": [{"role": "assistant", "content": a}], "label": a == "Bullish"}
             for a in ("Bullish", "Bearish")] * 2  # fmt: skip
     assert kto.as_text(rows[0], template)["prompt"] == head
-    before = gap()
+    before = _liked_gap(base, tok, peft_dir, head)
     kto.refine(peft_dir, kto.KTOData(rows=rows), gguf, kto.KTOSettings(steps=6, lr=1e-2, threads=2))
-    after = gap()
+    after = _liked_gap(base, tok, peft_dir, head)
     print(f"\nKTO on a template-less base: log p(liked) - log p(disliked) {before:.2f} -> {after:.2f}")
     assert after > before + 1.0
