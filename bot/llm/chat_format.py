@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import jinja2
 import jinja2.ext
@@ -61,23 +61,6 @@ class ChatTemplate:
         return list(dict.fromkeys(out))
 
 
-def _field_value(reader: Any, key: str) -> Any:
-    field = reader.fields.get(key)
-    if field is None:
-        return None
-    value = field.parts[field.data[0]]
-    if value.dtype.kind == "u" and value.itemsize == 1:
-        return bytes(value).decode("utf-8", "replace")
-    return value.tolist()[0]
-
-
-def _token_text(reader: Any, token_id: Any) -> str:
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    if tokens is None or not isinstance(token_id, int) or not 0 <= token_id < len(tokens.data):
-        return ""
-    return bytes(tokens.parts[tokens.data[token_id]]).decode("utf-8", "replace")
-
-
 def fallback_name(architecture: str | None) -> str:
     return "gemma" if (architecture or "").startswith("gemma") else "chatml"
 
@@ -94,18 +77,22 @@ def template_for(model_path: Path | str) -> ChatTemplate:
 
 @functools.lru_cache(maxsize=8)
 def _template_for(path: str, _mtime_ns: int, _size: int) -> ChatTemplate:
-    from gguf import GGUFReader
+    from bot.llm import gguf_meta
 
+    keys = ("general.architecture", "tokenizer.chat_template", "tokenizer.ggml.bos_token_id",
+            "tokenizer.ggml.eos_token_id")
     try:
-        reader = GGUFReader(path)
-    except (ValueError, OSError) as exc:
+        meta = gguf_meta.read(path, keys)
+        ids = tuple(v for v in (meta.get(keys[2]), meta.get(keys[3])) if isinstance(v, int))
+        tokens = gguf_meta.read(path, keys, ids) if ids else meta
+    except (gguf_meta.GGUFMetaError, OSError) as exc:
         raise ChatFormatError(f"{path} is not a readable GGUF file: {exc}") from exc
-    bos = _token_text(reader, _field_value(reader, "tokenizer.ggml.bos_token_id"))
-    eos = _token_text(reader, _field_value(reader, "tokenizer.ggml.eos_token_id"))
-    text = _field_value(reader, "tokenizer.chat_template")
+    bos, eos = (str(tokens.get(("token", meta.get(k)), "")) for k in keys[2:])
+    text = meta.get("tokenizer.chat_template")
     if isinstance(text, str) and text.strip():
         return ChatTemplate("gguf", "gguf", text, bos, eos)
-    name = fallback_name(_field_value(reader, "general.architecture"))
+    arch = meta.get("general.architecture")
+    name = fallback_name(arch if isinstance(arch, str) else None)
     return ChatTemplate(name, "fallback", FALLBACKS[name], bos, eos or TURN_END[name])
 
 

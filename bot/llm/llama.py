@@ -78,17 +78,10 @@ def gpu_offload_supported() -> bool:
 
 def read_gguf_arch(path: Path) -> dict[str, object]:
     """A few metadata fields of a GGUF file (architecture, type), without loading tensors."""
-    from gguf import GGUFReader
+    from bot.llm import gguf_meta
 
-    reader = GGUFReader(str(path))
-    out: dict[str, object] = {}
-    for key in ("general.architecture", "general.type", "adapter.type", "adapter.lora.alpha"):
-        field = reader.fields.get(key)
-        if field is None:
-            continue
-        value = field.parts[field.data[0]]
-        out[key] = bytes(value).decode() if value.dtype.kind == "u" and value.itemsize == 1 else value.tolist()[0]
-    return out
+    meta = gguf_meta.read(path, ("general.architecture", "general.type", "adapter.type", "adapter.lora.alpha"))
+    return {str(k): v for k, v in meta.items()}
 
 
 def _file_identity(path: Path) -> tuple[str, int, int]:

@@ -1,0 +1,111 @@
+"""A GGUF file's scalar metadata and a few token texts, read straight from its header.
+
+gguf-py's GGUFReader builds numpy views of every field, the whole vocabulary included: 2-4 s per file for a
+49k-token model, paid twice at every `domainbot ask` (architecture + chat template). Here arrays are skipped by
+their lengths and only the fields asked for are decoded (tens of milliseconds).
+"""
+
+from __future__ import annotations
+
+import functools
+import mmap
+import struct
+from pathlib import Path
+
+# GGUF value types -> struct format of a scalar; 8 is a string, 9 an array
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+TOKENS = "tokenizer.ggml.tokens"
+
+
+class GGUFMetaError(ValueError):
+    pass
+
+
+class _Header:
+    def __init__(self, buf: mmap.mmap | bytes):
+        self.buf, self.pos = buf, 0
+
+    def take(self, fmt: str):
+        value = struct.unpack_from(fmt, self.buf, self.pos)[0]
+        self.pos += struct.calcsize(fmt)
+        return value
+
+    def string(self) -> str:
+        n = self.take("<Q")
+        raw = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += n
+        return raw.decode("utf-8", "replace")
+
+    def skip_string(self) -> None:
+        self.pos += 8 + struct.unpack_from("<Q", self.buf, self.pos)[0]
+
+    def value(self, kind: int, keep: bool):
+        if kind == _STRING:
+            if keep:
+                return self.string()
+            self.skip_string()
+            return None
+        if kind == _ARRAY:
+            item, count = self.take("<I"), self.take("<Q")
+            start = self.pos
+            if item == _STRING:
+                for _ in range(count):
+                    self.skip_string()
+            elif item in _SCALARS:
+                self.pos += count * struct.calcsize(_SCALARS[item])
+            else:
+                for _ in range(count):
+                    self.value(item, False)
+            return (item, count, start)
+        if kind not in _SCALARS:
+            raise GGUFMetaError(f"unknown GGUF value type {kind}")
+        return self.take(_SCALARS[kind])
+
+
+def read(path: Path | str, keys: tuple[str, ...] = (), token_ids: tuple[int, ...] = ()) -> dict[object, object]:
+    """`keys`' scalar/string values (absent keys are left out) and, under ("token", id), those tokens' texts."""
+    p = Path(path)
+    st = p.stat()
+    return _read(str(p.resolve()), st.st_mtime_ns, st.st_size, tuple(keys), tuple(token_ids))
+
+
+@functools.lru_cache(maxsize=32)
+def _read(path: str, _mtime: int, _size: int, keys: tuple[str, ...], token_ids: tuple[int, ...]) -> dict:
+    with open(path, "rb") as f:
+        try:
+            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError as exc:  # an empty file
+            raise GGUFMetaError(f"{path} is not a GGUF file") from exc
+    try:
+        h = _Header(buf)
+        if bytes(buf[:4]) != b"GGUF":
+            raise GGUFMetaError(f"{path} is not a GGUF file")
+        h.pos = 4
+        if h.take("<I") not in (2, 3):
+            raise GGUFMetaError(f"{path}: unsupported GGUF version")
+        h.take("<Q")  # tensor count
+        out: dict[object, object] = {}
+        tokens = None
+        for _ in range(h.take("<Q")):
+            key = h.string()
+            kind = h.take("<I")
+            value = h.value(kind, keep=key in keys)
+            if key == TOKENS and kind == _ARRAY:
+                tokens = value
+            elif key in keys and kind != _ARRAY:
+                out[key] = value
+        if tokens and token_ids:
+            item, count, start = tokens
+            wanted = {i for i in token_ids if 0 <= i < count}
+            h.pos = start
+            for i in range(max(wanted, default=-1) + 1):
+                if i in wanted:
+                    out[("token", i)] = h.string()
+                else:
+                    h.skip_string()
+        return out
+    except struct.error as exc:
+        raise GGUFMetaError(f"{path}: truncated GGUF header") from exc
+    finally:
+        buf.close()
