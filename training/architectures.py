@@ -84,15 +84,15 @@ def architecture_name(base: Path) -> str:
     """`general.architecture` of a GGUF file, or the GGUF name an HF model dir converts to."""
     base = Path(base)
     if base.is_file():
-        import gguf
+        from bot.llm import gguf_meta
 
         try:
-            field = gguf.GGUFReader(str(base)).fields.get("general.architecture")
+            arch = gguf_meta.read(base, ("general.architecture",)).get("general.architecture")
         except (ValueError, OSError) as exc:
             raise UnsupportedArchitecture(f"{base} is not a readable GGUF file: {exc}") from None
-        if field is None:
+        if arch is None:
             raise UnsupportedArchitecture(f"{base} has no general.architecture; is it a model GGUF?")
-        return str(field.contents())
+        return str(arch)
     try:
         model_type = json.loads((base / "config.json").read_text())["model_type"]
     except (OSError, ValueError, KeyError):

@@ -96,13 +96,12 @@ def read_peft(peft_dir: Path) -> tuple[dict[str, np.ndarray], dict]:
 
 def model_heads(base_gguf: Path) -> tuple[int, int, str]:
     """(n_head, n_head_kv, arch) from the base GGUF's metadata."""
-    import gguf
+    from bot.llm import gguf_meta
 
-    reader = gguf.GGUFReader(str(base_gguf))
-    arch = reader.fields["general.architecture"].contents()
-    n_head = int(reader.fields[f"{arch}.attention.head_count"].contents())
-    n_kv = int(reader.fields.get(f"{arch}.attention.head_count_kv", reader.fields[f"{arch}.attention.head_count"]).contents())
-    return n_head, n_kv, arch
+    arch = str(gguf_meta.read(base_gguf, ("general.architecture",))["general.architecture"])
+    heads, kv = f"{arch}.attention.head_count", f"{arch}.attention.head_count_kv"
+    meta = gguf_meta.read(base_gguf, (heads, kv))
+    return int(meta[heads]), int(meta.get(kv, meta[heads])), arch
 
 
 def export_gguf(peft_dir: Path, base_gguf: Path, out: Path, *, alpha_scale: float = 1.0,
