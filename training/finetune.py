@@ -229,8 +229,7 @@ def chat_template(base_path: Path, tokenizer=None) -> chat_format.ChatTemplate:
         return chat_format.ChatTemplate("tokenizer", "tokenizer", text, bos, eos)
     config = path / "config.json"
     model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
-    name = chat_format.fallback_name(model_type)
-    return chat_format.ChatTemplate(name, "fallback", chat_format.FALLBACKS[name], bos, eos or chat_format.TURN_END[name])
+    return chat_format.fallback(model_type, bos, eos)
 
 
 def encode(example: Example | TextWindow, tokenizer, max_len: int, max_answer: int,

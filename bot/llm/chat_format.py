@@ -92,7 +92,12 @@ def _template_for(path: str, _mtime_ns: int, _size: int) -> ChatTemplate:
     if isinstance(text, str) and text.strip():
         return ChatTemplate("gguf", "gguf", text, bos, eos)
     arch = meta.get("general.architecture")
-    name = fallback_name(arch if isinstance(arch, str) else None)
+    return fallback(arch if isinstance(arch, str) else None, bos, eos)
+
+
+def fallback(architecture: str | None, bos: str, eos: str) -> ChatTemplate:
+    """The named template for a model without one of its own; it closes turns with its TURN_END when no eos."""
+    name = fallback_name(architecture)
     return ChatTemplate(name, "fallback", FALLBACKS[name], bos, eos or TURN_END[name])
 
 
