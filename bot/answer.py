@@ -258,8 +258,9 @@ class Answerer:
                     self._serving = (self._serving[0], self._new_router(self._serving[0]))
 
     def _new_router(self, discovery: Discovery) -> Router:
-        return Router(discovery.domains, self.retriever.embedder.encode, cache_dir=self.settings.indexes_dir,
-                      extra_examples=self._extra_router_examples)
+        embedder = self.retriever.embedder
+        return Router(discovery.domains, embedder.encode, cache_dir=self.settings.indexes_dir,
+                      extra_examples=self._extra_router_examples, encoder_key=embedder.fingerprint())
 
     def refit_router(self, extra_examples: dict[str, list[str]], background: bool = False) -> Router | None:
         """Rebuild the router with extra examples (reroute feedback). In the background, the old router keeps

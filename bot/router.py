@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -156,19 +157,41 @@ def _eval_questions(domain: Domain, limit: int = 60) -> list[str]:
 
 class Router:
     def __init__(self, domains: Mapping[str, Domain], encode: Encode, cache_dir: Path | None = None,
-                 extra_examples: Mapping[str, Sequence[str]] | None = None):
+                 extra_examples: Mapping[str, Sequence[str]] | None = None, encoder_key: str = ""):
+        """`encoder_key` names the embedding weights behind `encode`; given one, the anchors' vectors are cached
+        in `cache_dir` beside the fit, so a new process does not re-embed them."""
         self.domains = dict(domains)
         self.encode = encode
+        self.encoder_key = encoder_key
         self.extra = {k: list(v) for k, v in (extra_examples or {}).items() if k in self.domains}
-        self.anchors = {
-            name: encode(_anchor_texts(d, self.extra.get(name, ()))) for name, d in self.domains.items()
-        }
+        self.anchors = self._load_or_encode_anchors(cache_dir)
         self.fit = self._load_or_fit(cache_dir)
+
+    def _load_or_encode_anchors(self, cache_dir: Path | None) -> dict[str, np.ndarray]:
+        texts = {name: _anchor_texts(d, self.extra.get(name, ())) for name, d in self.domains.items()}
+        key = hashlib.sha256(json.dumps([self.encoder_key, sorted(texts.items())]).encode()).hexdigest()[:16]
+        path = cache_dir / "router_anchors.npz" if cache_dir and self.encoder_key else None
+        if path and path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as saved:
+                    names = [str(n) for n in saved["names"]]
+                    if str(saved["key"]) == key and set(names) == set(texts):
+                        return {n: saved[f"a{i}"] for i, n in enumerate(names)}
+            except (OSError, ValueError, KeyError):
+                pass  # unreadable or from another version: encode again
+        anchors = {name: self.encode(t) for name, t in texts.items()}
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".router_anchors.{os.getpid()}.npz")
+            np.savez(tmp, key=np.array(key), names=np.array(list(anchors)),
+                     **{f"a{i}": v for i, v in enumerate(anchors.values())})
+            os.replace(tmp, path)  # whole or not at all for a process reading it meanwhile
+        return anchors
 
     # -------- fitting
 
     def _fingerprint(self) -> str:
-        h = hashlib.sha256()
+        h = hashlib.sha256(self.encoder_key.encode())
         for name, d in sorted(self.domains.items()):
             h.update(json.dumps([name, _anchor_texts(d, self.extra.get(name, ()))]).encode())
             h.update(d.eval_file.read_bytes() if d.eval_file.is_file() else b"")

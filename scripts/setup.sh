@@ -63,5 +63,10 @@ assert out.completion_tokens > 0, "the model produced no tokens"
 rt.close()
 print(f"==> llama.cpp OK: {rt.model_path.name} decoded {out.completion_tokens} tokens")
 PY
+# Questions are embedded by llama.cpp: MiniLM converted to GGUF once by llama.cpp's own converter (~5 s; the
+# bot does it on first use otherwise, and falls back to transformers + torch if it can't)
+HF_HUB_OFFLINE=1 "$VENV/bin/python" -c "from bot.retrieval.embeddings import convert_to_gguf, default_embed_path
+print('==> embedding model for llama.cpp:', convert_to_gguf(default_embed_path()))" ||
+  echo "warning: the embedding model was not converted for llama.cpp; questions will be embedded with torch"
 echo "$want" > "$stamp"
 ensure_peft

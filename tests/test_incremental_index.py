@@ -135,7 +135,9 @@ def test_reused_vectors_equal_freshly_embedded_ones(docs, retriever, counting):
     fresh = _vectors(retriever, domain)
     assert incremental.keys() == fresh.keys()
     for chunk_id, vector in fresh.items():
-        np.testing.assert_allclose(incremental[chunk_id], vector, atol=1e-5)
+        # llama.cpp's sums depend a little on which texts share a batch (~3e-5 per component); another chunk's
+        # vector would be far off (cosine < 0.9)
+        assert float(incremental[chunk_id] @ vector) > 0.99999, chunk_id
 
 
 def test_a_tampered_previous_index_is_not_reused(docs, retriever, counting):

@@ -63,7 +63,7 @@ def domains(base_settings):
 @pytest.fixture(scope="module")
 def router(domains, embedder, base_settings):
     """As the app builds it (real manifests, real embedder, the default fit cached in indexes/): no model."""
-    return Router(domains, embedder.encode, cache_dir=base_settings.indexes_dir)
+    return Router(domains, embedder.encode, cache_dir=base_settings.indexes_dir, encoder_key=embedder.fingerprint())
 
 
 IN_DOMAIN = {
@@ -103,6 +103,43 @@ def test_extra_examples_are_used(domains, embedder, tmp_path):
     more = Router(domains, embedder.encode, cache_dir=tmp_path, extra_examples={"finance": [text]})
     assert more.route(text).scores["finance"] > base.route(text).scores["finance"]
     assert more.fit.extra_examples == {"finance": 1}
+
+
+def test_anchor_vectors_are_cached_per_encoder_and_anchor_texts(domains, embedder, tmp_path):
+    calls: list[list[str]] = []
+
+    def counting(texts):
+        calls.append(list(texts))
+        return embedder.encode(texts)
+
+    first = Router(domains, counting, cache_dir=tmp_path, encoder_key="weights-a")
+    assert calls and (tmp_path / "router_anchors.npz").is_file()
+    calls.clear()
+    again = Router(domains, counting, cache_dir=tmp_path, encoder_key="weights-a")
+    assert calls == []  # anchors and fit both read back: nothing embedded in a new process
+    for name in domains:
+        assert np.array_equal(again.anchors[name], first.anchors[name])
+    q = "What was the company's revenue growth in 2019?"
+    assert again.route(q).scores == first.route(q).scores
+    # other weights, or other anchor texts, are embedded afresh
+    calls.clear()
+    Router(domains, counting, cache_dir=tmp_path, encoder_key="weights-b")
+    assert sum(len(c) for c in calls) >= sum(len(a) for a in first.anchors.values())
+    calls.clear()
+    extra = Router(domains, counting, cache_dir=tmp_path, encoder_key="weights-b",
+                   extra_examples={"legal": ["who signs the lease renewal"]})
+    assert ["who signs the lease renewal"] in [c[-1:] for c in calls] and len(extra.anchors["legal"]) == len(
+        first.anchors["legal"]) + 1
+    # a damaged cache file is re-embedded, not trusted and not fatal
+    (tmp_path / "router_anchors.npz").write_bytes(b"not an npz")
+    calls.clear()
+    Router(domains, counting, cache_dir=tmp_path, encoder_key="weights-b")
+    assert calls
+
+
+def test_without_an_encoder_key_nothing_is_cached(domains, embedder, tmp_path):
+    Router(domains, embedder.encode, cache_dir=tmp_path)
+    assert not (tmp_path / "router_anchors.npz").exists()
 
 
 # ---------------------------------------------------------------- held-out questions (tests/data/)

@@ -376,8 +376,9 @@ def refit_router(settings: Settings, store: Store, domains: Mapping[str, Domain]
     from bot.router import Router
 
     extra = store.router_examples()
-    encode = (retriever or Retriever(settings)).embedder.encode
-    router = Router(domains, encode, cache_dir=settings.indexes_dir, extra_examples=extra)
+    embedder = (retriever or Retriever(settings)).embedder
+    router = Router(domains, embedder.encode, cache_dir=settings.indexes_dir, extra_examples=extra,
+                    encoder_key=embedder.fingerprint())  # the bot's key, so it reuses this fit
     return {
         "threshold": round(router.fit.threshold, 4),
         "extra_examples": {k: len(v) for k, v in extra.items()},

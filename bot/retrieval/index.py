@@ -71,8 +71,7 @@ def source_url(base: str, doc_id: str, page: int | None = None) -> str:
 def chunk_doc(doc: Doc, tokenizer, size: int, overlap: int, first: int = 0) -> list[Passage]:
     """Split on embedding-model tokens so each chunk fits the encoder; keep the original text spans.
     `first` numbers the chunks on from an earlier page or section of the same document."""
-    enc = tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-    offsets = enc["offset_mapping"]
+    offsets = tokenizer.encode(doc.text, add_special_tokens=False).offsets
     if len(offsets) <= size:
         return [Passage(f"{doc.id}#{first}", doc.title, doc.text.strip(), 0.0, doc.id, doc.metadata)]
     chunks, start, n = [], 0, first
@@ -98,8 +97,17 @@ class LoadedIndex:
     vectors: faiss.Index
     keywords: BM25
     manifest: dict
-    store: object = None  # langchain FAISS vector store over the same index
+    embedder: Embedder | None = None  # what the langchain view embeds queries with
     titles: BM25 | None = None  # over titles (and contract file names) alone: finds a source the question names
+    _store: object = None
+
+    @property
+    def store(self):
+        """A langchain-community FAISS vector store over the same index, for chains and tools that want one.
+        Made on first use: importing langchain costs ~0.7 s that answering a question does not need."""
+        if self._store is None:
+            self._store = _as_langchain(self, self.embedder)
+        return self._store
 
     def named(self, query: str) -> list[int]:
         """Chunks of the source(s) the question names, if it names few enough to be a name and not a topic."""
@@ -347,8 +355,8 @@ class Retriever:
                     chunks.append(Passage(r["chunk_id"], r["title"], r["text"], 0.0, r["doc_id"], r.get("meta", {})))
             keywords = BM25([f"{c.title} {c.metadata.get('contract_file', '')} {c.text}" for c in chunks])
             titles = BM25([f"{c.title} {c.metadata.get('contract_file', '')}" for c in chunks])
-            loaded = LoadedIndex(domain.name, chunks, vectors, keywords, manifest, titles=titles)
-            loaded.store = _as_langchain(loaded, self.embedder)
+            loaded = LoadedIndex(domain.name, chunks, vectors, keywords, manifest, titles=titles,
+                                 embedder=self.embedder)
             self._loaded[domain.name] = loaded
             return loaded
 

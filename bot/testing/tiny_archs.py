@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import subprocess
-import sys
-import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-LLAMA_CPP_VERSION = "0.3.36"  # the llama-cpp-python the project pins: its vendored converters match its runtime
+from bot.llm import convert
+from bot.llm.convert import LLAMA_CPP_VERSION, ToolsUnavailable, cache_dir, llama_cpp_dir  # noqa: F401
+
 SHAPE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
          "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 2048, "initializer_range": 0.2,
          "tie_word_embeddings": True, "rms_norm_eps": 1e-6}
@@ -35,54 +32,14 @@ HF_CLASSES = {
 RECIPE_VERSION = 1  # bump when the recipe changes in a way SHAPE does not show
 
 
-class ToolsUnavailable(RuntimeError):
-    """llama.cpp's converter scripts could not be found or fetched (no network to PyPI)."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("DOMAINBOT_CACHE_DIR") or Path.home() / ".cache" / "domainbot")
-
-
-def llama_cpp_dir() -> Path:
-    """The vendored llama.cpp of the llama-cpp-python sdist (converter scripts, gguf-py), fetched once."""
-    root = cache_dir() / "llama-cpp-src"
-    found = root / f"llama_cpp_python-{LLAMA_CPP_VERSION}" / "vendor" / "llama.cpp"
-    if (found / "convert_lora_to_gguf.py").is_file():
-        return found
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", f"llama-cpp-python=={LLAMA_CPP_VERSION}", "--no-deps",
-               "--no-binary", ":all:", "-d", tmp]
-        run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        archives = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
-        if run.returncode != 0 or not archives:
-            raise ToolsUnavailable(f"could not fetch the llama-cpp-python sdist: {run.stderr.strip()[-300:]}")
-        keep = ("vendor/llama.cpp/conversion/", "vendor/llama.cpp/gguf-py/", "vendor/llama.cpp/convert_")
-        with tarfile.open(archives[0]) as tar:
-            members = [m for m in tar.getmembers() if any(k in m.name for k in keep)]
-            tar.extractall(root, members=members, filter="data")
-    return found
-
-
 # transformers maps model type qwen2 to Qwen2Tokenizer, which swaps in Qwen's pre-tokenizer over the SmolLM
 # vocab our tiny models carry; read tokenizer.json as written instead, then run the script unchanged
-RUNNER = ("import runpy, sys\n"
-          "from transformers.models.auto import tokenization_auto as ta\n"
-          "ta.TOKENIZER_MAPPING_NAMES['qwen2'] = 'TokenizersBackend'\n"
-          "sys.argv = sys.argv[1:]\n"
-          "sys.path.insert(0, sys.argv[0].rpartition('/')[0])\n"
-          "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+QWEN2_PRELUDE = ("from transformers.models.auto import tokenization_auto as ta\n"
+                 "ta.TOKENIZER_MAPPING_NAMES['qwen2'] = 'TokenizersBackend'\n")
 
 
 def run_script(script: str, *args: str) -> None:
-    """Run one of llama.cpp's converter scripts with its own gguf-py (newer than the installed gguf)."""
-    tools = llama_cpp_dir()
-    env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}
-    env.update(PYTHONPATH=str(tools / "gguf-py"), HF_HUB_OFFLINE="1")
-    run = subprocess.run([sys.executable, "-c", RUNNER, str(tools / script), *args], capture_output=True, text=True,
-                         env=env, timeout=600)
-    if run.returncode != 0:
-        raise RuntimeError(f"{script} {' '.join(args)} failed:\n{run.stderr[-2000:]}")
+    convert.run_script(script, *args, prelude=QWEN2_PRELUDE)
 
 
 @dataclass(frozen=True)
