@@ -68,6 +68,7 @@ class Settings:
     temperature: float = 0.0
     seed: int = 0
     prompt_budget: int = 512  # tokens for system + passages + history + question (time to first token grows with it)
+    prefix_dir: Path | None = None  # saved KV of each (domain, adapter) system prompt, for new processes; None: off
     llm_backend: str = "embedded"
     llm_base_url: str | None = None
 
@@ -142,6 +143,7 @@ def load_settings(env_file: Path | None = None) -> Settings:
         temperature=_float("DOMAINBOT_TEMPERATURE", d.temperature),
         seed=_int("DOMAINBOT_SEED", d.seed),
         prompt_budget=_int("DOMAINBOT_PROMPT_BUDGET", d.prompt_budget),
+        prefix_dir=_prefix_dir(_env("DOMAINBOT_PREFIX_DIR"), d.db_path if is_postgres_url(db) else Path(db)),
         llm_backend=_env("DOMAINBOT_LLM_BACKEND", d.llm_backend) or d.llm_backend,
         llm_base_url=_env("DOMAINBOT_LLM_BASE_URL"),
         embed_model_path=Path(embed) if embed else None,
@@ -165,6 +167,13 @@ def load_settings(env_file: Path | None = None) -> Settings:
         gate_margin=_float("DOMAINBOT_GATE_MARGIN", d.gate_margin),
         reload_s=_seconds("DOMAINBOT_RELOAD_S", _float("DOMAINBOT_RELOAD_S", d.reload_s)),
     )
+
+
+def _prefix_dir(value: str | None, db_path: Path) -> Path | None:
+    """DOMAINBOT_PREFIX_DIR: a folder, or "off"; unset, beside the SQLite file (var/prefix-kv)."""
+    if value and value.strip().lower() in ("off", "0", "none", "false"):
+        return None
+    return Path(value) if value else db_path.parent / "prefix-kv"
 
 
 def _seconds(name: str, value: float) -> float:

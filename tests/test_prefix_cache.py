@@ -56,7 +56,7 @@ def test_prefix_cache_never_serves_one_adapter_to_another(base_settings, runtime
             assert runtime.generate(q, adapter=key, max_tokens=12, temperature=0.0).text == expected[key, id(q)]
         # Built once per adapter, then restored after every switch.
         assert runtime.prefix_stats["misses"] == 2 and runtime.prefix_stats["hits"] == 3
-        assert plain.prefix_stats == {"hits": 0, "misses": 0, "live": 0}
+        assert plain.prefix_stats == {"hits": 0, "misses": 0, "live": 0, "disk": 0}
     finally:
         plain.close()
 
@@ -84,6 +84,77 @@ def test_prefix_cache_is_bounded(base_settings):
         assert len(rt._prefixes) == 2
     finally:
         rt.close()
+
+
+def test_a_new_process_restores_the_saved_prefix_from_disk_and_only_for_its_adapter(base_settings, tmp_path):
+    adapter = write_lora(tmp_path / "a.gguf", scale=0.5, seed=1)
+    plain = Runtime(base_settings, prefix_cache=0)  # the oracle: every token evaluated
+    try:
+        plain.ensure_adapter("t:a", adapter)
+        expected = {(key, id(q)): plain.generate(q, adapter=key, max_tokens=12, temperature=0.0).text
+                    for key in (None, "t:a") for q in (Q1, Q2)}
+    finally:
+        plain.close()
+    settings = base_settings.with_(prefix_dir=tmp_path / "kv")
+    first = Runtime(settings)
+    try:
+        assert first.generate(Q1, max_tokens=12, temperature=0.0).text == expected[None, id(Q1)]
+        assert first.prefix_stats["misses"] == 1 and len(list((tmp_path / "kv").glob("*.kv"))) == 1
+    finally:
+        first.close()
+    second = Runtime(settings)  # a new context, as in a new `domainbot ask`
+    try:
+        second.ensure_adapter("t:a", adapter)
+        assert second.generate(Q2, max_tokens=12, temperature=0.0).text == expected[None, id(Q2)]
+        assert (second.prefix_stats["disk"], second.prefix_stats["misses"]) == (1, 0)
+        # the file made without the adapter never serves it
+        assert second.generate(Q1, adapter="t:a", max_tokens=12, temperature=0.0).text == expected["t:a", id(Q1)]
+        assert second.prefix_stats["misses"] == 1 and len(list((tmp_path / "kv").glob("*.kv"))) == 2
+    finally:
+        second.close()
+
+
+def test_a_damaged_prefix_file_is_evaluated_afresh_and_rewritten(base_settings, tmp_path):
+    settings = base_settings.with_(prefix_dir=tmp_path / "kv")
+    rt = Runtime(settings)
+    try:
+        expected = rt.generate(Q1, max_tokens=12, temperature=0.0).text
+    finally:
+        rt.close()
+    (saved,) = (tmp_path / "kv").glob("*.kv")
+    good = saved.read_bytes()
+    saved.write_bytes(good[:-100] + bytes(100))  # a torn or flipped write: same length, wrong bytes
+    rt = Runtime(settings)
+    try:
+        assert rt.generate(Q1, max_tokens=12, temperature=0.0).text == expected
+        assert (rt.prefix_stats["disk"], rt.prefix_stats["misses"]) == (0, 1)
+    finally:
+        rt.close()
+    assert saved.read_bytes() == good  # evaluated again and saved whole
+
+
+def test_an_unwritable_prefix_folder_costs_speed_not_the_answer(base_settings, tmp_path, caplog):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the folder should be")
+    rt = Runtime(base_settings.with_(prefix_dir=blocker / "kv"))
+    try:
+        with caplog.at_level("WARNING"):
+            text = rt.generate(Q1, max_tokens=8, temperature=0.0).text
+        assert text and "could not save a prompt prefix" in caplog.text
+    finally:
+        rt.close()
+
+
+def test_prefix_dir_setting(monkeypatch, tmp_path):
+    from bot.config import load_settings
+
+    monkeypatch.setenv("DOMAINBOT_DB", str(tmp_path / "db.sqlite"))
+    monkeypatch.delenv("DOMAINBOT_PREFIX_DIR", raising=False)
+    assert load_settings().prefix_dir == tmp_path / "prefix-kv"
+    monkeypatch.setenv("DOMAINBOT_PREFIX_DIR", "off")
+    assert load_settings().prefix_dir is None
+    monkeypatch.setenv("DOMAINBOT_PREFIX_DIR", str(tmp_path / "elsewhere"))
+    assert load_settings().prefix_dir == tmp_path / "elsewhere"
 
 
 def test_prompt_longer_than_the_context_is_refused_clearly(runtime):

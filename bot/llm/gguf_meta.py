@@ -67,16 +67,26 @@ def read(path: Path | str, keys: tuple[str, ...] = (), token_ids: tuple[int, ...
     """`keys`' scalar/string values (absent keys are left out) and, under ("token", id), those tokens' texts."""
     p = Path(path)
     st = p.stat()
-    return _read(str(p.resolve()), st.st_mtime_ns, st.st_size, tuple(keys), tuple(token_ids))
+    ident = (str(p.resolve()), st.st_mtime_ns, st.st_size)
+    scalars, tokens = _scan(*ident)  # one pass over the header per file, whatever the keys asked
+    out: dict[object, object] = {k: scalars[k] for k in keys if k in scalars}
+    if tokens and token_ids:
+        out.update(_token_texts(*ident, tokens, tuple(sorted(set(token_ids)))))
+    return out
 
 
-@functools.lru_cache(maxsize=32)
-def _read(path: str, _mtime: int, _size: int, keys: tuple[str, ...], token_ids: tuple[int, ...]) -> dict:
+def _mapped(path: str) -> mmap.mmap:
     with open(path, "rb") as f:
         try:
-            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except ValueError as exc:  # an empty file
             raise GGUFMetaError(f"{path} is not a GGUF file") from exc
+
+
+@functools.lru_cache(maxsize=16)
+def _scan(path: str, _mtime: int, _size: int) -> tuple[dict[str, object], tuple | None]:
+    """Every scalar and string of the header, and where the token texts lie (arrays are skipped)."""
+    buf = _mapped(path)
     try:
         h = _Header(buf)
         if bytes(buf[:4]) != b"GGUF":
@@ -85,25 +95,37 @@ def _read(path: str, _mtime: int, _size: int, keys: tuple[str, ...], token_ids: 
         if h.take("<I") not in (2, 3):
             raise GGUFMetaError(f"{path}: unsupported GGUF version")
         h.take("<Q")  # tensor count
-        out: dict[object, object] = {}
+        scalars: dict[str, object] = {}
         tokens = None
         for _ in range(h.take("<Q")):
             key = h.string()
             kind = h.take("<I")
-            value = h.value(kind, keep=key in keys)
-            if key == TOKENS and kind == _ARRAY:
+            value = h.value(kind, keep=True)
+            if kind != _ARRAY:
+                scalars[key] = value
+            elif key == TOKENS:
                 tokens = value
-            elif key in keys and kind != _ARRAY:
-                out[key] = value
-        if tokens and token_ids:
-            item, count, start = tokens
-            wanted = {i for i in token_ids if 0 <= i < count}
-            h.pos = start
-            for i in range(max(wanted, default=-1) + 1):
-                if i in wanted:
-                    out[("token", i)] = h.string()
-                else:
-                    h.skip_string()
+        return scalars, tokens
+    except struct.error as exc:
+        raise GGUFMetaError(f"{path}: truncated GGUF header") from exc
+    finally:
+        buf.close()
+
+
+@functools.lru_cache(maxsize=32)
+def _token_texts(path: str, _mtime: int, _size: int, tokens: tuple, token_ids: tuple[int, ...]) -> dict:
+    item, count, start = tokens
+    wanted = {i for i in token_ids if 0 <= i < count}
+    out: dict[object, object] = {}
+    buf = _mapped(path)
+    try:
+        h = _Header(buf)
+        h.pos = start
+        for i in range(max(wanted, default=-1) + 1):
+            if i in wanted:
+                out[("token", i)] = h.string()
+            else:
+                h.skip_string()
         return out
     except struct.error as exc:
         raise GGUFMetaError(f"{path}: truncated GGUF header") from exc

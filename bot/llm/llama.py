@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 TokenCallback = Callable[[str], None]
 PREFIX_CACHE_SIZE = 8  # saved prompt prefixes (one per domain x adapter); ~25 KB of KV per token each
 MIN_PREFIX_TOKENS = 16  # shorter prefixes cost more to save and restore than to evaluate
+PREFIX_FILES_KEPT = 32  # saved prefixes on disk (settings.prefix_dir), the least recently used go first
+_PREFIX_MAGIC = b"DBKV1"
 
 
 class AdapterMismatch(UserFacingError):
@@ -101,6 +103,35 @@ class _SavedPrefix:
     kv: bytes  # llama_state_seq_get_data of sequence 0 after evaluating exactly the prefix
 
 
+def _read_prefix_file(path: Path) -> bytes | None:
+    """A saved prefix's KV, or None when absent, unreadable or not whole (its checksum is checked first)."""
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    head = len(_PREFIX_MAGIC) + 32
+    kv = raw[head:]
+    if not raw.startswith(_PREFIX_MAGIC) or hashlib.sha256(kv).digest() != raw[len(_PREFIX_MAGIC):head] or not kv:
+        path.unlink(missing_ok=True)
+        return None
+    os.utime(path)  # recently used: kept when the folder is pruned
+    return kv
+
+
+def _write_prefix_file(path: Path, kv: bytes) -> None:
+    """Atomically (another process may read it meanwhile), then keep only the newest PREFIX_FILES_KEPT."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        tmp.write_bytes(_PREFIX_MAGIC + hashlib.sha256(kv).digest() + kv)
+        os.replace(tmp, path)
+        files = sorted(path.parent.glob("*.kv"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        for old in files[PREFIX_FILES_KEPT:]:
+            old.unlink(missing_ok=True)
+    except OSError as exc:  # a read-only or full disk costs speed, never an answer
+        log.warning("could not save a prompt prefix to %s: %s", path.parent, exc)
+
+
 @dataclass
 class _Job:
     messages: list[dict]
@@ -142,7 +173,8 @@ class Runtime:
         self._model_id = _file_identity(self.model_path)
         self._prefixes: OrderedDict[tuple, _SavedPrefix] = OrderedDict()
         self._prefix_cache_size = max(0, prefix_cache)
-        self.prefix_stats = {"hits": 0, "misses": 0, "live": 0}
+        self.prefix_stats = {"hits": 0, "misses": 0, "live": 0, "disk": 0}
+        self._prefix_dir = settings.prefix_dir if self._prefix_cache_size else None
         self._adapters: dict[str, object] = {}
         self._adapter_paths: dict[str, Path] = {}
         self._adapter_ids: dict[str, tuple] = {}  # key + file identity: part of every prefix-cache key
@@ -293,26 +325,60 @@ class Runtime:
         digest = hashlib.sha256(",".join(map(str, prefix)).encode()).hexdigest()
         key = (self._model_id, self._adapter_ids.get(adapter) if adapter else None, digest)
         ctx = self.llm._ctx.ctx
-        saved = self._prefixes.get(key)
         self.llm.reset()
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+        saved = self._prefixes.get(key)
         if saved is not None:
             self._prefixes.move_to_end(key)
-            buf = (ctypes.c_uint8 * len(saved.kv)).from_buffer_copy(saved.kv)
-            if llama_cpp.llama_state_seq_set_data(ctx, buf, len(saved.kv), 0) == 0:
+            if not self._set_seq_state(saved.kv):
                 raise RuntimeError("llama.cpp refused a saved prompt prefix")
-            self.llm.input_ids[:n] = prefix
-            self.llm.n_tokens = n
-            self.prefix_stats["hits"] += 1
+            self._restored(prefix, "hits")
             return
+        path = self._prefix_file(key)
+        kv = _read_prefix_file(path) if path else None
+        if kv is not None:
+            if self._set_seq_state(kv):
+                self._remember(key, _SavedPrefix(n, kv))
+                self._restored(prefix, "disk")
+                return
+            path.unlink(missing_ok=True)  # written by another build or context shape: evaluate afresh
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
         self.prefix_stats["misses"] += 1
         self.llm.eval(prefix)
         size = llama_cpp.llama_state_seq_get_size(ctx, 0)
         buf = (ctypes.c_uint8 * size)()
         got = llama_cpp.llama_state_seq_get_data(ctx, buf, size, 0)
-        self._prefixes[key] = _SavedPrefix(n, bytes(buf[:got]))
+        saved = _SavedPrefix(n, bytes(buf[:got]))
+        self._remember(key, saved)
+        if path:
+            _write_prefix_file(path, saved.kv)
+
+    def _set_seq_state(self, kv: bytes) -> bool:
+        import llama_cpp
+
+        buf = (ctypes.c_uint8 * len(kv)).from_buffer_copy(kv)
+        return llama_cpp.llama_state_seq_set_data(self.llm._ctx.ctx, buf, len(kv), 0) != 0
+
+    def _restored(self, prefix: list[int], how: str) -> None:
+        self.llm.input_ids[: len(prefix)] = prefix
+        self.llm.n_tokens = len(prefix)
+        self.prefix_stats[how] += 1
+
+    def _remember(self, key: tuple, saved: _SavedPrefix) -> None:
+        self._prefixes[key] = saved
         while len(self._prefixes) > self._prefix_cache_size:
             self._prefixes.popitem(last=False)
+
+    def _prefix_file(self, key: tuple) -> Path | None:
+        """Where a new process finds this prefix's KV: named by everything the KV depends on (model and adapter
+        files, the tokens, the llama.cpp build and context shape), so a file never serves another setup."""
+        if self._prefix_dir is None:
+            return None
+        import llama_cpp
+
+        shape = (llama_cpp.__version__, self.llm.n_ctx(), self.settings.n_gpu_layers)
+        name = hashlib.sha256(repr((key, shape)).encode()).hexdigest()[:32]
+        return Path(self._prefix_dir) / f"{name}.kv"
 
     def _generate(self, job: _Job) -> Generation:
         t0 = time.perf_counter()
