@@ -183,7 +183,8 @@ class Router:
         if path:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".router_anchors.{os.getpid()}.npz")
-            np.savez(tmp, key=np.array(key), names=np.array(list(anchors)),
+            learned = sum(len(v) for v in self.extra.values())  # reroute examples: not the manifests' alone
+            np.savez(tmp, key=np.array(key), names=np.array(list(anchors)), learned=np.array(learned),
                      **{f"a{i}": v for i, v in enumerate(anchors.values())})
             os.replace(tmp, path)  # whole or not at all for a process reading it meanwhile
         return anchors

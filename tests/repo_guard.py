@@ -3,8 +3,9 @@
 Watched: every file under domains/ and indexes/ (by mtime and size, so git-ignored files count too), and every
 path `git status` lists at the start or the end (new files anywhere, edits to tracked files). Two writes are
 expected and allowed: the index build that conftest's `built_indexes` fixture does at session start (it calls
-`bless("indexes")` afterwards), and the router's default fit in indexes/router_fit.json (any router built
-on the real domains rewrites it when the manifests changed); a fit that learned examples is a test's leftover.
+`bless("indexes")` afterwards), and the router's default fit in indexes/router_fit.json and its anchor vectors
+in indexes/router_anchors.npz (any router built on the real domains rewrites them when the manifests or the
+domain set changed); a fit or anchors that learned examples are a test's leftover.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 WATCHED = ("domains", "indexes")
 ROUTER_FIT = "indexes/router_fit.json"
+ROUTER_ANCHORS = "indexes/router_anchors.npz"
 # People edit code while a long run goes on; tests never write source files, so those edits are not a test's.
 NOT_WRITTEN_BY_TESTS = (".py",)
 
@@ -97,7 +99,8 @@ class RepoGuard:
             else:  # absent at the start (every watched file was stamped), or clean then and listed by git now
                 new = status.get(path, "??") == "??" or path.startswith(tuple(f"{w}/" for w in WATCHED))
                 what = "deleted" if after is None else "created" if new else "modified"
-            if path.endswith(NOT_WRITTEN_BY_TESTS) or (path == ROUTER_FIT and _default_fit(self.root / path)):
+            if path.endswith(NOT_WRITTEN_BY_TESTS) or (path == ROUTER_FIT and _default_fit(self.root / path)) or (
+                    path == ROUTER_ANCHORS and _default_anchors(self.root / path)):
                 continue
             found.append(f"{what}: {path}")
         return found
@@ -108,4 +111,15 @@ def _default_fit(path: Path) -> bool:
     try:
         return json.loads(path.read_text())["fit"]["extra_examples"] == {}
     except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _default_anchors(path: Path) -> bool:
+    """Router anchor vectors of the manifests alone (no learned reroute examples)."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            return int(saved["learned"]) == 0
+    except (OSError, ValueError, KeyError):
         return False

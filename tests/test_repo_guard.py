@@ -90,6 +90,20 @@ def test_only_the_default_router_fit_may_be_rewritten(repo):
     assert guard.violations() == ["modified: indexes/router_fit.json"]
 
 
+def test_only_router_anchors_of_the_manifests_may_be_rewritten(repo):
+    import numpy as np
+
+    path = repo / "indexes" / "router_anchors.npz"
+    np.savez(path, key=np.array("k1"), learned=np.array(0), a0=np.zeros((2, 3)))
+    guard = RepoGuard(repo).start()
+    np.savez(path, key=np.array("k2"), learned=np.array(0), a0=np.ones((3, 3)))  # the domain set changed: allowed
+    assert guard.violations() == []
+    np.savez(path, key=np.array("k3"), learned=np.array(2), a0=np.ones((5, 3)))  # a test's reroutes learned
+    assert guard.violations() == ["modified: indexes/router_anchors.npz"]
+    path.write_bytes(b"not an npz")
+    assert guard.violations() == ["modified: indexes/router_anchors.npz"]
+
+
 def test_outside_a_git_checkout_the_watched_folders_still_count(tmp_path):
     (tmp_path / "domains").mkdir()
     guard = RepoGuard(tmp_path).start()

@@ -130,6 +130,8 @@ def test_anchor_vectors_are_cached_per_encoder_and_anchor_texts(domains, embedde
                    extra_examples={"legal": ["who signs the lease renewal"]})
     assert ["who signs the lease renewal"] in [c[-1:] for c in calls] and len(extra.anchors["legal"]) == len(
         first.anchors["legal"]) + 1
+    with np.load(tmp_path / "router_anchors.npz") as saved:
+        assert int(saved["learned"]) == 1  # what the repo guard reads: learned examples are a test's leftover
     # a damaged cache file is re-embedded, not trusted and not fatal
     (tmp_path / "router_anchors.npz").write_bytes(b"not an npz")
     calls.clear()
