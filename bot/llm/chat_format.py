@@ -84,7 +84,7 @@ def _template_for(path: str, _mtime_ns: int, _size: int) -> ChatTemplate:
     try:
         meta = gguf_meta.read(path, keys)
         ids = tuple(v for v in (meta.get(keys[2]), meta.get(keys[3])) if isinstance(v, int))
-        tokens = gguf_meta.read(path, keys, ids) if ids else meta
+        tokens = gguf_meta.read(path, token_ids=ids)
     except (gguf_meta.GGUFMetaError, OSError) as exc:
         raise ChatFormatError(f"{path} is not a readable GGUF file: {exc}") from exc
     bos, eos = (str(tokens.get(("token", meta.get(k)), "")) for k in keys[2:])

@@ -39,10 +39,14 @@ def default_embed_path() -> Path:
         ) from exc
 
 
+def model_name(path: Path) -> str:
+    """The folder's name, or its package's for a `<package>/model` folder."""
+    return path.parent.name if path.name == "model" else path.name
+
+
 def weights_fingerprint(path: Path) -> str:
     """Identifies the weights, so an index built with other embeddings is never reused."""
-    name = path.parent.name if path.name == "model" else path.name
-    h = hashlib.sha256(name.encode())
+    h = hashlib.sha256(model_name(path).encode())
     for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
         h.update(f"{f.name}:{f.stat().st_size}".encode())
     return h.hexdigest()[:16]
@@ -113,7 +117,9 @@ class _TorchEncoder:
 class Embedder:
     """Thread-safe sentence embeddings: normalised float32 vectors, so inner product = cosine similarity."""
 
-    def __init__(self, path: Path | None = None, batch_size: int = 64, backend: str | None = None):
+    def __init__(self, path: Path | None = None, batch_size: int = 64, backend: str | None = None,
+                 threads: int = 0):
+        """`threads`: llama.cpp's (settings.n_threads; 0: all cores)."""
         self.path = Path(path) if path else default_embed_path()
         if not (self.path / "tokenizer.json").is_file() or not (self.path / "config.json").is_file():
             raise ModelNotFound(f"embedding model folder not found or incomplete: {self.path}")
@@ -125,16 +131,16 @@ class Embedder:
         self.dim = int(json.loads((self.path / "config.json").read_text())["hidden_size"])
         self.max_seq_length = int(_json(self.path / "sentence_bert_config.json").get("max_seq_length")
                                   or _json(self.path / "tokenizer_config.json").get("model_max_length") or 512)
-        self.name = self.path.parent.name if self.path.name == "model" else self.path.name
+        self.name = model_name(self.path)
         self.batch_size = batch_size
         self._lock = threading.Lock()
-        self._encoder = self._open(backend or os.environ.get("DOMAINBOT_EMBED_BACKEND") or "auto")
+        self._encoder = self._open(backend or os.environ.get("DOMAINBOT_EMBED_BACKEND") or "auto",
+                                   threads or os.cpu_count() or 1)
 
-    def _open(self, backend: str) -> _LlamaEncoder | _TorchEncoder:
+    def _open(self, backend: str, threads: int) -> _LlamaEncoder | _TorchEncoder:
         if backend not in BACKENDS:
             raise ValueError(f"DOMAINBOT_EMBED_BACKEND must be one of {', '.join(BACKENDS)}, not {backend!r}")
         if backend != "torch":
-            threads = int(os.environ.get("DOMAINBOT_THREADS") or 0) or os.cpu_count() or 1
             try:
                 return _LlamaEncoder(convert_to_gguf(self.path), threads)
             except Exception as exc:  # noqa: BLE001  (converter, sdist fetch or load: fall back, say why)
@@ -191,6 +197,6 @@ def _json(path: Path) -> dict:
 
 
 @lru_cache(maxsize=4)
-def get_embedder(path: str | None = None) -> Embedder:
+def get_embedder(path: str | None = None, threads: int = 0) -> Embedder:
     """One embedder per process (loading takes ~0.1 s with llama.cpp, ~5 s with torch)."""
-    return Embedder(Path(path) if path else None)
+    return Embedder(Path(path) if path else None, threads=threads)

@@ -177,7 +177,7 @@ class Retriever:
     def embedder(self) -> Embedder:
         if self._embedder is None:
             path = str(self.settings.embed_model_path) if self.settings.embed_model_path else None
-            self._embedder = get_embedder(path)
+            self._embedder = get_embedder(path, self.settings.n_threads)
         return self._embedder
 
     def index_dir(self, domain: Domain) -> Path:
