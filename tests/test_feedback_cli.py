@@ -63,6 +63,8 @@ def test_bad_flags_are_refused(env: Path, capsys: pytest.CaptureFixture) -> None
 
 @pytest.mark.parametrize(("flags", "message"), [
     (["--alpha", "1.5"], "must be between 0 and 1"),
+    (["--loss-alpha", "0"], "must be between 0 and 1"),
+    (["--lr", "0"], "must be above 0"),
     (["--kto-steps", "-1"], "must be 0 or more"),
     (["--test-limit", "-3"], "must be 0 or more"),
 ])
@@ -80,11 +82,13 @@ def test_gate_and_kto_flags_reach_the_retrain_config() -> None:
 
     p = argparse.ArgumentParser()
     _train_flags(p)
-    cfg = _retrain_config(p.parse_args(["--kto-steps", "0", "--alpha", "0.1", "--test-limit", "5"]))
-    assert (cfg.kto_steps, cfg.alpha, cfg.test_limit) == (0, 0.1, 5)
+    cfg = _retrain_config(p.parse_args(["--kto-steps", "0", "--alpha", "0.1", "--test-limit", "5", "--loss-alpha", "0.3",
+                                       "--lr", "1e-3"]))
+    assert (cfg.kto_steps, cfg.alpha, cfg.test_limit, cfg.loss_alpha, cfg.lr) == (0, 0.1, 5, 0.3, 1e-3)
     defaults = RetrainConfig()
     unset = _retrain_config(p.parse_args([]))
     assert (unset.kto_steps, unset.alpha, unset.test_limit) == (defaults.kto_steps, defaults.alpha, defaults.test_limit)
+    assert (unset.loss_alpha, unset.lr) == (defaults.loss_alpha, defaults.lr)
 
 
 def test_worker_once_with_nothing_due(env: Path, capsys: pytest.CaptureFixture) -> None:

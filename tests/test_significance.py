@@ -7,7 +7,7 @@ from math import comb
 import pytest
 
 from training import significance as sig
-from training.evaluate import EvalResult, job_gate
+from training.evaluate import EvalResult, gate, job_gate
 
 
 def binom_tail(wins: int, losses: int) -> float:
@@ -156,3 +156,118 @@ def test_without_the_job_every_task_is_the_yardstick() -> None:
                              for i in range(30)])  # fmt: skip
     ok, reason, paired = job_gate(cand, cur, 0.01)
     assert ok and set(paired) == {"tfns"} and paired["tfns"]["wins"] == 18
+
+
+# ---- losses judged for their size --------------------------------------------------------------------------
+def rate(units) -> float:
+    return sum(units) / len(units)
+
+
+@pytest.mark.parametrize(("losses", "wins"), [(1, 0), (2, 0), (3, 0), (3, 1), (4, 1), (6, 2), (9, 4)])
+def test_drop_p_of_a_rate_is_the_exact_sign_test_on_the_flipped_items(losses: int, wins: int) -> None:
+    current = [True] * losses + [False] * wins + [True] * 10 + [False] * 10
+    candidate = [False] * losses + [True] * wins + [True] * 10 + [False] * 10
+    assert sig.drop_p(current, candidate, rate) == pytest.approx(binom_tail(losses, wins), rel=1e-9)
+
+
+def test_drop_p_is_one_when_nothing_fell() -> None:
+    assert sig.drop_p([True, False], [True, True], rate) == 1.0
+    assert sig.drop_p([True, False], [False, True], rate) == 1.0  # a tie
+    with pytest.raises(sig.PairingError, match="not paired"):
+        sig.drop_p([True], [True, False], rate)
+
+
+def test_drop_p_samples_beyond_the_exact_limit_and_is_seeded() -> None:
+    current = [True] * 20 + [False] * 10 + [True] * 30
+    candidate = [False] * 20 + [True] * 10 + [True] * 30  # 30 items differ: sampled, not enumerated
+    p = sig.drop_p(current, candidate, rate, seed=1)
+    assert p == pytest.approx(binom_tail(20, 10), abs=0.015)
+    assert p == sig.drop_p(current, candidate, rate, seed=1)
+
+
+def test_drop_p_sees_a_macro_f1_collapse_that_one_flip_does_not_make() -> None:
+    from training.metrics import macro_f1
+
+    def f1(units) -> float:
+        return macro_f1([p for p, _ in units], [g for _, g in units])
+
+    gold = ["Yes"] * 10 + ["No"] * 20
+    current = list(zip(["Yes"] * 10 + ["No"] * 14 + ["Yes"] * 6, gold, strict=True))  # 0.80 macro-F1
+    collapsed = list(zip(["No"] * 30, gold, strict=True))  # every "Yes" lost: 0.40
+    assert sig.drop_p(current, collapsed, f1, seed=0) < 0.05  # 16 items differ, all one way
+    one_flip = [("No", "Yes"), *current[1:]]
+    assert f1(current) - f1(one_flip) > 0.01  # beyond a 1-point margin, and only one answer changed
+    assert sig.drop_p(current, one_flip, f1) == 0.5
+
+
+def flagged(adapter: str, right: list[bool], supported: list[bool], cls: list[str] | None = None) -> EvalResult:
+    """A result whose task scores are computed here from its items (the oracle the gate's re-scoring must match)."""
+    from training.metrics import macro_f1
+
+    items = [{"id": f"q{i}", "task": "legal_qa", "correct": r, "supported": s}
+             for i, (r, s) in enumerate(zip(right, supported, strict=True))]  # fmt: skip
+    tasks = {"legal_qa": {"kind": "open_qa", "n": len(right), "score": rate(right), "correct": rate(right),
+                          "supported": rate(supported)}}  # fmt: skip
+    if cls is not None:
+        gold = ["Yes"] * (len(cls) // 3) + ["No"] * (len(cls) - len(cls) // 3)
+        items += [{"id": f"c{i}", "task": "hearsay", "pred": p, "gold": g}
+                  for i, (p, g) in enumerate(zip(cls, gold, strict=True))]  # fmt: skip
+        tasks["hearsay"] = {"kind": "classification", "n": len(cls), "score": macro_f1(cls, gold)}
+    return EvalResult("legal", adapter, tasks, items=items)
+
+
+LIVE30 = [True] * 10 + [False] * 20
+BETTER30 = [True] * 18 + [False] * 12  # +8/-0: p = 1/256
+SUPPORT30 = [True] * 23 + [False] * 7  # 0.767
+
+
+def test_job_gate_tolerates_a_one_item_slip_the_flat_margin_refused() -> None:
+    slipped = [False, *SUPPORT30[1:]]  # one supported answer of 30 became a quote: 0.767 -> 0.733
+    cand, cur = flagged("v2", BETTER30, slipped), flagged("v1", LIVE30, SUPPORT30)
+    ok, reason, paired = job_gate(cand, cur, 0.01)
+    assert ok, reason
+    assert "legal_qa supported rate fell 0.033 (0.767 -> 0.733) on 30 items, within chance (p=0.5)" in reason
+    assert paired["legal_qa"]["wins"] == 8
+    # the same scores without the items cannot be tested for chance: the flat margin still refuses
+    ok, reason = gate({"tasks": cand.tasks}, {"tasks": cur.tasks}, 0.01)
+    assert not ok and reason == "legal_qa supported rate fell 0.033 (0.767 -> 0.733), more than the margin 0.01"
+
+
+def test_job_gate_refuses_a_drop_chance_does_not_explain() -> None:
+    slipped = [False] * 4 + SUPPORT30[4:]  # four supported answers lost, none gained: p = 1/16
+    ok, reason, paired = job_gate(flagged("v2", BETTER30, slipped), flagged("v1", LIVE30, SUPPORT30), 0.01)
+    assert not ok
+    assert reason == ("legal_qa supported rate fell 0.133 (0.767 -> 0.633), more than the margin 0.01 and beyond "
+                      "chance on 30 items (p=0.062 < 0.2)")  # fmt: skip
+    assert paired["legal_qa"]["significant"]  # refused despite a significant gain on the job
+
+
+def test_job_gate_refuses_another_task_collapsing_to_one_label() -> None:
+    keep = ["Yes"] * 10 + ["No"] * 14 + ["Yes"] * 6
+    cur = flagged("v1", LIVE30, SUPPORT30, keep)
+    ok, reason, _ = job_gate(flagged("v2", BETTER30, SUPPORT30, ["No"] * 30), cur, 0.01)
+    assert not ok and reason.startswith("hearsay dropped 0.396 (0.796 -> 0.400), more than the margin 0.01 and beyond")
+    ok, reason, _ = job_gate(flagged("v2", BETTER30, SUPPORT30, ["No", *keep[1:]]), cur, 0.01)
+    assert ok and "hearsay dropped" in reason and "within chance (p=0.5)" in reason
+
+
+def test_a_large_eval_keeps_the_margin_meaning_a_few_points() -> None:
+    cur_support = [True] * 800 + [False] * 200
+    cand_support = [False] * 40 + cur_support[40:800] + [True] * 10 + cur_support[810:]  # -40/+10: 3 points
+    right = [True] * 500 + [False] * 500
+    better = [True] * 600 + [False] * 400
+    ok, reason, _ = job_gate(flagged("v2", better, cand_support), flagged("v1", right, cur_support), 0.01)
+    assert not ok and "legal_qa supported rate fell 0.030" in reason and "beyond chance on 1000 items" in reason
+    assert binom_tail(40, 10) < 1e-4  # the oracle: so far beyond chance that sampling shows its floor, 1/4001
+    assert "(p=0.00025 < 0.2)" in reason
+
+
+def test_a_job_slip_within_chance_is_named_once() -> None:
+    cur = flagged("v1", [True, *LIVE30[1:]], SUPPORT30)
+    cand = flagged("v2", [False, *LIVE30[1:]], SUPPORT30)  # correctness 0.367 -> 0.333 (one item)
+    ok, reason = gate(cand, cur, 0.01)
+    assert not ok and reason.startswith("worse overall")  # nothing else gained: the mean fell
+    cand.tasks["other"] = cur.tasks["other"] = {"kind": "qa", "n": 1, "score": 0.5}
+    cand.tasks["other"] = {"kind": "qa", "n": 1, "score": 0.6}
+    ok, reason = gate(cand, cur, 0.01)
+    assert ok and reason.count("legal_qa correctness fell 0.033") == 1 and "within chance (p=0.5)" in reason

@@ -316,25 +316,92 @@ def _task_dicts(result) -> dict:
     return dict(result.get("tasks", result)) if isinstance(result, Mapping) else {}
 
 
-def gate(candidate, current, margin: float = 0.01) -> tuple[bool, str]:
-    """Promote only if the candidate keeps the real job (each open_qa task's correctness and supported rate within
-    `margin` of the current's, checked first), is not worse overall, and no task drops by more than `margin`."""
-    refused = qa_eval.gate_check(_task_dicts(candidate), _task_dicts(current), margin)
+def _unit(kind: str, key: str, item: Mapping) -> object:
+    """What one item contributes to a task measure: right/supported flags, a (pred, gold) pair, a token-F1."""
+    if kind == qa_eval.KIND:
+        return bool(item.get("correct" if key == "score" else key))
+    if kind == "classification":
+        return (item.get("pred"), item["gold"])
+    return metrics.token_f1(metrics.strip_derivation(item["output"]), item["gold"])
+
+
+def _measure(kind: str, key: str):
+    if kind == "classification":
+        return lambda units: metrics.macro_f1([p for p, _ in units], [g for _, g in units])
+    return lambda units: sum(units) / len(units)
+
+
+class _Chance:
+    """The paired randomization p-value of a task measure's drop, when both results hold the same items of the task
+    and those items reproduce the reported scores (else None: the flat margin rule applies)."""
+
+    def __init__(self, candidate, current, seed: int = 0) -> None:
+        self.cand = candidate.items if isinstance(candidate, EvalResult) else []
+        self.cur = current.items if isinstance(current, EvalResult) else []
+        self.cand_tasks, self.cur_tasks = _task_dicts(candidate), _task_dicts(current)
+        self.seed = seed
+
+    def __call__(self, task: str, key: str) -> tuple[float, int] | None:
+        from training import significance as sig
+
+        kind = self.cur_tasks.get(task, {}).get("kind")
+        cur = {it["id"]: it for it in self.cur if it.get("task") == task}
+        cand = {it["id"]: it for it in self.cand if it.get("task") == task}
+        if not kind or not cur or set(cur) != set(cand):
+            return None
+        try:
+            ids = sorted(cur)
+            a, b = [_unit(kind, key, cur[i]) for i in ids], [_unit(kind, key, cand[i]) for i in ids]
+        except KeyError:
+            return None
+        measure = _measure(kind, key)
+        for units, tasks in ((a, self.cur_tasks), (b, self.cand_tasks)):
+            if abs(measure(units) - float(tasks[task].get(key, tasks[task]["score"]))) > 1e-6:
+                return None  # the items are not what was scored: no test on them
+        return sig.drop_p(a, b, measure, seed=self.seed), len(ids)
+
+
+def gate(candidate, current, margin: float = 0.01, *, loss_alpha: float | None = None) -> tuple[bool, str]:
+    """Promote only if the candidate keeps the real job (each open_qa task's correctness and supported rate, checked
+    first), is not worse overall, and loses no task. A measure is lost when it fell by more than `margin` and, where
+    both results hold the scored items, chance does not explain the drop for its size (paired randomization p below
+    `loss_alpha`, `training.significance.drop_p`). Drops inside chance are named in the reason."""
+    from training import significance as sig
+
+    alpha = sig.LOSS_ALPHA if loss_alpha is None else loss_alpha
+    chance = _Chance(candidate, current)
+    tolerated: list[str] = []
+
+    def lost(task: str, key: str, label: str, was: float, now: float) -> str | None:
+        drop = f"{task} {label} fell" if label else f"{task} dropped"
+        drop += f" {was - now:.3f} ({was:.3f} -> {now:.3f})"
+        found = chance(task, key)
+        if found is None:
+            return f"{drop}, more than the margin {margin}"
+        p, n = found
+        if p >= alpha:
+            tolerated.append(f"{drop} on {n} items, within chance (p={p:.2g})")
+            return None
+        return f"{drop}, more than the margin {margin} and beyond chance on {n} items (p={p:.2g} < {alpha})"
+
+    refused = qa_eval.gate_check(_task_dicts(candidate), _task_dicts(current), margin, lost)
     if refused:
         return False, refused
     cand, cur = _task_scores(candidate), _task_scores(current)
     shared = sorted(set(cand) & set(cur))
     if not shared:
         return False, "no task was scored for both the candidate and the current adapter"
-    drops = {t: cur[t] - cand[t] for t in shared if cur[t] - cand[t] > margin}
+    job = {t for t, s in _task_dicts(current).items() if isinstance(s, Mapping) and s.get("kind") == qa_eval.KIND}
+    for t in sorted((t for t in shared if t not in job and cur[t] - cand[t] > margin), key=lambda t: cand[t] - cur[t]):
+        why = lost(t, "score", "", cur[t], cand[t])  # the worst drop first: the clearest reason
+        if why:
+            return False, why
     mean_cand = sum(cand[t] for t in shared) / len(shared)
     mean_cur = sum(cur[t] for t in shared) / len(shared)
-    if drops:
-        worst = max(drops, key=drops.get)
-        return False, f"{worst} dropped {drops[worst]:.3f} ({cur[worst]:.3f} -> {cand[worst]:.3f}), more than the margin {margin}"
     if mean_cand < mean_cur:
         return False, f"worse overall: {mean_cand:.3f} < {mean_cur:.3f}"
-    return True, f"overall {mean_cur:.3f} -> {mean_cand:.3f}; no task dropped more than {margin}"
+    kept = f"no task dropped more than {margin}" + (f" beyond chance ({'; '.join(tolerated)})" if tolerated else "")
+    return True, f"overall {mean_cur:.3f} -> {mean_cand:.3f}; {kept}"
 
 
 def yardstick(candidate: EvalResult, current: EvalResult) -> list[str]:
@@ -345,8 +412,8 @@ def yardstick(candidate: EvalResult, current: EvalResult) -> list[str]:
 
 
 def job_gate(candidate: EvalResult, current: EvalResult, margin: float = 0.01, *, alpha: float = 0.05,
-             seed: int = 0) -> tuple[bool, str, dict[str, dict]]:  # fmt: skip
-    """Retrain's gate: `gate` (nothing lost beyond `margin`), then a paired significance test on the same items
+             loss_alpha: float | None = None, seed: int = 0) -> tuple[bool, str, dict[str, dict]]:  # fmt: skip
+    """Retrain's gate: `gate` (nothing lost beyond `margin` and chance at `loss_alpha`), then a paired significance test on the same items
     of each yardstick task (`training.significance`): the candidate must be better beyond chance, not merely
     tied. Returns (ok, reason, {task: the paired comparison as a dict}), the numbers kept whatever the verdict."""
     from training import significance as sig
@@ -359,7 +426,7 @@ def job_gate(candidate: EvalResult, current: EvalResult, margin: float = 0.01, *
     except sig.PairingError as exc:
         unpaired = f"cannot compare the adapters item by item: {exc}"
     numbers = {t: p.to_dict() for t, p in paired.items()}
-    ok, reason = gate(candidate, current, margin)
+    ok, reason = gate(candidate, current, margin, loss_alpha=loss_alpha)
     if not ok or unpaired:  # a loss beyond the margin is the clearer reason, so it comes first
         return False, reason if not ok else unpaired, numbers
     if not paired:
@@ -368,7 +435,7 @@ def job_gate(candidate: EvalResult, current: EvalResult, margin: float = 0.01, *
     if weak:
         return False, f"{weak[0]}: no significant gain at alpha {alpha}: {paired[weak[0]].describe()}", numbers
     summary = "; ".join(f"{t}: {p.describe()}" for t, p in paired.items())
-    return True, f"significant gain on {summary}; no task dropped more than {margin}", numbers
+    return True, f"significant gain on {summary}; {reason.split('; ', 1)[1]}", numbers
 
 
 # ---- reports: results.json, a table, a PNG --------------------------------------------------------------

@@ -23,6 +23,13 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
+    return value
+
+
 def _alpha(text: str) -> float:
     value = float(text)
     if not 0 < value < 1:
@@ -39,6 +46,7 @@ def _retrain_config(args: argparse.Namespace):
         "min_examples": args.min_examples, "threads": args.threads,
         "replay_tasks": tuple(args.replay_task or ()) or None, "eval_tasks": tuple(args.eval_task or ()) or None,
         "kto_steps": args.kto_steps, "alpha": args.alpha, "test_limit": args.test_limit,
+        "loss_alpha": args.loss_alpha, "lr": args.lr,
     }  # fmt: skip
     for name, value in changes.items():
         if value is not None:
@@ -127,6 +135,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=_positive_int, help="at most this many training steps (default 30)")
     p.add_argument("--epochs", type=float, help="passes over feedback + replay examples (default 1)")
+    p.add_argument("--lr", type=_positive_float, help="SFT learning rate (default 2e-4)")
     p.add_argument("--eval-limit", type=_positive_int, help="eval items per task for the gate (default 40)")
     p.add_argument("--eval-task", action="append", help="evaluate only this task (repeatable)")
     p.add_argument(
@@ -141,6 +150,8 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for training (default: all)")
     p.add_argument("--kto-steps", type=_non_negative_int, help="KTO steps on unpaired 👍/👎 after SFT (default 8; 0: none)")
     p.add_argument("--alpha", type=_alpha, help="the gate's significance level on the qa job (default 0.05)")
+    p.add_argument("--loss-alpha", type=_alpha,
+                   help="a drop beyond --margin is a loss unless chance explains it at this level (default 0.2)")
     p.add_argument("--test-limit", type=_non_negative_int,
                    help="qa test items reported after the verdict (default 40; 0: skip)")
 

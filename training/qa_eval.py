@@ -291,11 +291,17 @@ def table_rows(task: str, results: Sequence[Any]) -> list[list[str]]:
 GATE_MEASURES = (("correct", "correctness"), ("supported", "supported rate"))
 
 
-def gate_check(candidate: Mapping[str, Any], current: Mapping[str, Any], margin: float) -> str | None:
+def gate_check(candidate: Mapping[str, Any], current: Mapping[str, Any], margin: float,
+               lost: Callable[[str, str, str, float, float], str | None] | None = None) -> str | None:  # fmt: skip
     """Why the candidate must not replace the current adapter on an open_qa task, else None.
 
-    Checked before any average, so no classification gain can buy a loss on the real job.
+    Checked before any average, so no classification gain can buy a loss on the real job. `lost(task, key, label,
+    was, now)` says whether a drop is a loss (and why); the default is the flat rule: any drop beyond `margin`.
     """
+    def flat(task: str, key: str, label: str, was: float, now: float) -> str | None:
+        return f"{task} {label} fell {was - now:.3f} ({was:.3f} -> {now:.3f}), more than the margin {margin}"
+
+    judge = lost or flat
     for task in sorted(t for t, s in current.items() if isinstance(s, Mapping) and s.get("kind") == KIND):
         cand = candidate.get(task)
         if not isinstance(cand, Mapping):
@@ -303,5 +309,7 @@ def gate_check(candidate: Mapping[str, Any], current: Mapping[str, Any], margin:
         for key, label in GATE_MEASURES:
             was, now = current[task].get(key), cand.get(key)
             if isinstance(was, int | float) and isinstance(now, int | float) and was - now > margin:
-                return f"{task} {label} fell {was - now:.3f} ({was:.3f} -> {now:.3f}), more than the margin {margin}"
+                why = judge(task, key, label, was, now)
+                if why:
+                    return why
     return None

@@ -5,9 +5,10 @@
 2. Warm-start from the live adapter and train a few steps; export and verify the candidate as a new version
    folder (`training.export.publish` stages it and renames it into place, so a crash leaves no half version).
 3. Evaluate the candidate and the live adapter on the same dev items; `training.evaluate.job_gate` decides:
-   nothing lost beyond the margin on any task, and a gain on the `<domain>_qa` job that is significant for the
-   number of items (exact McNemar on the paired items, with a bootstrap CI of the difference). The test split is
-   evaluated after the verdict, for the record only. Every number goes into `training_runs`.
+   nothing lost on any task (a drop beyond the margin counts unless chance explains it for the number of items:
+   `training.significance.drop_p`), and a gain on the `<domain>_qa` job that is significant for the number of
+   items (exact McNemar on the paired items, with a bootstrap CI of the difference). The test split is evaluated
+   after the verdict, for the record only. Every number goes into `training_runs`.
    A domain trained from its documents alone (no eval.jsonl) replays windows of its training documents instead
    of train.jsonl rows and is judged by held-out perplexity (`training.perplexity`).
 4. Promote atomically (`bot.adapters.promote`): the running bot sees the new `current` pointer on its next
@@ -37,6 +38,7 @@ from bot.domains import Domain, discover
 from bot.errors import UserFacingError
 from bot.store.store import Store
 from training import feedback as fd
+from training.significance import ALPHA, LOSS_ALPHA
 
 LOCK_FILE = ".retrain.lock"
 
@@ -59,7 +61,8 @@ class RetrainConfig:
     eval_limit: int | None = 40  # eval items per task, the same items for candidate and current
     eval_tasks: tuple[str, ...] = ()  # empty: every task
     margin: float | None = None  # None: settings.gate_margin (0.01 = 1 point)
-    alpha: float = 0.05  # the paired test's significance level on the yardstick task(s)
+    alpha: float = ALPHA  # the paired test's significance level on the yardstick task(s)
+    loss_alpha: float = LOSS_ALPHA  # a drop beyond the margin is a loss unless chance explains it at this level
     test_limit: int | None = 40  # open_qa test items reported after the verdict (0: skip; None: all)
     kto_steps: int = 8  # KTO steps over the 👍/👎 after the SFT steps (`training.kto`); 0: SFT only
     kto_lr: float = 5e-5
@@ -302,7 +305,7 @@ def judge_job(domain: Domain, candidate: str, current: str, cfg: RetrainConfig, 
     cand = evaluate(domain, candidate, **kwargs)
     t1 = time.perf_counter()
     cur = live_eval(domain, current, cfg, kwargs)
-    ok, reason, paired = job_gate(cand, cur, margin, alpha=cfg.alpha, seed=cfg.seed)
+    ok, reason, paired = job_gate(cand, cur, margin, alpha=cfg.alpha, loss_alpha=cfg.loss_alpha, seed=cfg.seed)
     v = Verdict(ok, reason, cur, cand, paired)
     v.seconds = {"eval_candidate": round(t1 - t0, 1), "eval_current": round(time.perf_counter() - t1, 1)}
     return v
@@ -491,7 +494,8 @@ def _run(out: RetrainOutcome, domain: Domain, names: list[str], cfg: RetrainConf
     if isinstance(verdict.candidate, EvalResult):  # the answers themselves, for whoever reads the outcome
         out.items = {"current": verdict.current.items, "candidate": verdict.candidate.items}
     seconds.update(verdict.seconds)
-    out.verdict = {"promoted": ok, "reason": reason, "dev": verdict.paired, "alpha": cfg.alpha, "seconds": seconds,
+    out.verdict = {"promoted": ok, "reason": reason, "dev": verdict.paired, "alpha": cfg.alpha,
+                   "loss_alpha": cfg.loss_alpha, "seconds": seconds,
                    **({"kto": kto_log} if kto_log else {})}  # fmt: skip
     if isinstance(verdict.candidate, EvalResult):  # a perplexity verdict is already in meta.json
         record_metrics(domain, verdict.candidate)
