@@ -167,3 +167,27 @@ def test_evidence_rows_skip_the_label_whose_passage_does_not_answer():
     assert holds_evidence(legal, {"task": "cuad_yes_no", "answer": "Yes"})
     assert not holds_evidence(legal, {"task": "cuad_yes_no", "answer": "No"})
     assert holds_evidence(legal, {"task": "cuad_extract", "answer": "30 days"})
+
+
+def test_a_partial_eval_keeps_the_recorded_numbers_of_the_tasks_it_did_not_run(tmp_path):
+    """`domainbot eval legal --tasks legal_qa` once replaced every task's recorded metrics with that one task."""
+    from types import SimpleNamespace
+
+    from bot import adapters
+    from training.evaluate import record_metrics
+
+    folder = tmp_path / "adapters" / "v4"
+    folder.mkdir(parents=True)
+    (folder / adapters.META_FILE).write_text(json.dumps({"version": "v4", "metrics": {
+        "overall": 0.6, "base": {"cuad_yes_no": 0.5},
+        "tasks": {"cuad_yes_no": {"kind": "classification", "n": 60, "score": 0.8},
+                  "legal_qa": {"kind": "open_qa", "n": 30, "score": 0.4}}}}))  # fmt: skip
+    qa = {"kind": "open_qa", "n": 51, "score": 0.5098, "correct": 0.5098}
+    record_metrics(SimpleNamespace(adapters_dir=tmp_path / "adapters"),
+                   EvalResult("legal", "v4", {"legal_qa": qa}, limit=None, split="test"))  # fmt: skip
+    meta = json.loads((folder / adapters.META_FILE).read_text())
+    assert meta["version"] == "v4"
+    assert meta["metrics"]["tasks"]["cuad_yes_no"] == {"kind": "classification", "n": 60, "score": 0.8}
+    assert meta["metrics"]["tasks"]["legal_qa"] == {**qa, "limit": None, "split": "test"}
+    assert meta["metrics"]["overall"] == pytest.approx((0.8 + 0.5098) / 2, abs=1e-4)
+    assert meta["metrics"]["base"] == {"cuad_yes_no": 0.5}  # no base run this time: the recorded one stays

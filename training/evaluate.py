@@ -506,12 +506,23 @@ def save_results(results: Sequence[EvalResult], out_dir: Path | None = None) -> 
 
 
 def record_metrics(domain: Domain, result: EvalResult, base: EvalResult | None = None) -> None:
-    """Write an adapter's eval summary into its meta.json (atomically), for `domainbot adapters`."""
+    """Merge an adapter's eval summary into its meta.json (atomically), for `domainbot adapters`. Tasks this eval
+    did not run keep their recorded numbers (`eval --tasks legal_qa` must not erase the others); each task says
+    how it was measured (items limit, and the qa split)."""
     if result.adapter == "base":
         return
-    summary = {t: {k: round(v, 4) if isinstance(v, float) else v for k, v in s.items()} for t, s in result.tasks.items()}
-    metrics = {"overall": round(result.overall, 4), "tasks": summary, "retrieval": result.retrieval,
-               "limit": result.limit, "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    folder = domain.adapters_dir / result.adapter
+    before = adapter_store.AdapterVersion(result.adapter, folder).meta.get("metrics") or {}
+    summary = {t: {**{k: round(v, 4) if isinstance(v, float) else v for k, v in s.items()}, "limit": result.limit,
+                   **({"split": result.split} if s.get("kind") == qa_eval.KIND else {})}
+               for t, s in result.tasks.items()}  # fmt: skip
+    tasks = {**(before.get("tasks") or {}), **summary}
+    scores = [float(t["score"]) for t in tasks.values() if isinstance(t, Mapping) and "score" in t]
+    metrics = {"overall": round(sum(scores) / len(scores), 4) if scores else 0.0, "tasks": tasks,
+               "retrieval": {**(before.get("retrieval") or {}), **result.retrieval}, "limit": result.limit,
+               "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
     if base is not None:
-        metrics["base"] = {t: round(s["score"], 4) for t, s in base.tasks.items()}
-    adapter_store.update_meta(domain.adapters_dir / result.adapter, metrics=metrics)
+        metrics["base"] = {**(before.get("base") or {}), **{t: round(s["score"], 4) for t, s in base.tasks.items()}}
+    elif "base" in before:
+        metrics["base"] = before["base"]
+    adapter_store.update_meta(folder, metrics=metrics)
