@@ -3,15 +3,18 @@
 1. a question arrives through the real Slack app (signed HTTP, fake Slack Web API);
 2. 👍 and a correction arrive the way Slack delivers them;
 3. `domainbot retrain finance` runs in its own process (a few training steps, a small eval);
-4. the gate promotes the new version, or rejects it and says why;
-5. the running bot's next answer reports the live version, without a restart.
+4. the gate promotes the candidate for good feedback and rejects it for poisoned feedback (both are checked),
+   and records why;
+5. the running bot's next answer reports the live version, without a restart; a rollback is just as live.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +41,8 @@ from bot.testing.slack_kit import (
     view_submission,
 )  # fmt: skip
 from bot.testing.workspace import linked_workspace
+from training import metrics
+from training.dataset import read_jsonl, user_text
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,61 +109,114 @@ def retrain_cli(settings, *args: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-def test_question_feedback_retrain_gate_and_hot_reload(live: LiveBot) -> None:
+LABELS = ("Bearish", "Bullish", "Neutral")
+WRONG = {"Bearish": "Bullish", "Bullish": "Neutral", "Neutral": "Bearish"}  # no label maps to itself
+
+
+def train_tweets(n: int) -> list[tuple[str, str]]:
+    """(question as a user asks it, gold label) for the first n TFNS rows of finance's train.jsonl."""
+    rows = [r for r in read_jsonl(ROOT / "domains" / "finance" / "train.jsonl") if r["task"] == "tfns_sentiment"]
+    return [(user_text(r["instruction"], r.get("input")), r["output"]) for r in rows[:n]]
+
+
+def give_feedback(live: LiveBot, asked: list[tuple[str, dict, str]], *, poisoned: bool) -> Counter:
+    """What a user does through Slack: 👍 a right answer; 👎 and a correction (the modal) stating the gold label on
+    a wrong one. Poisoned: the opposite, and the "correction" states a wrong label."""
+    done: Counter = Counter()
+    for i, (ts, row, gold) in enumerate(asked):
+        user = f"U0USER{i % 5}"
+        if (metrics.parse_label(row["answer"], LABELS) == gold) != poisoned:
+            assert post_event(live.server.url, reaction("+1", channel=CHANNEL, ts=row["message_ts"], user=user))[0] == 200
+            done["up"] += 1
+            done["up_guarded"] += row["guard_verdict"] in ("quoted", "no-sources")  # a quote is not learned from
+            continue
+        down = block_action("feedback_down", str(row["id"]), channel=CHANNEL, message_ts=row["message_ts"],
+                            thread_ts=ts, user=user)  # fmt: skip
+        assert post_interaction(live.server.url, down)[0] == 200
+        label = WRONG[gold] if poisoned else gold
+        values = {"correction": {"text": {"type": "plain_text_input", "value": label}}}
+        assert post_interaction(live.server.url, view_submission("correction", str(row["id"]), values, user=user))[0] == 200
+        done["corrected"] += 1
+    events = done["up"] + 2 * done["corrected"]
+    live.slack.wait_for(lambda: len(live.store.feedback("finance")) >= events, what="the feedback to be stored")
+    return done
+
+
+def ask_tweets(live: LiveBot, n: int, adapter: str) -> list[tuple[str, dict, str]]:
+    asked = []
+    for question, gold in train_tweets(n):
+        ts, row = live.ask(f"<@{BOT_USER_ID}> finance: {question}")
+        assert (row["domain"], row["adapter"], row["chosen_by"]) == ("finance", adapter, "explicit")
+        asked.append((ts, row, gold))
+    return asked
+
+
+RETRAIN = ("--steps", "30", "--epochs", "3", "--lr", "1e-3", "--eval-limit", "24", "--eval-task", "tfns_sentiment",
+           "--replay-task", "tfns_sentiment", "--margin", "0.01", "--kto-steps", "0", "--test-limit", "0")  # fmt: skip
+
+
+def test_good_feedback_is_promoted_and_the_bot_hot_reloads(live: LiveBot) -> None:
+    """Base live (it never answers a tweet with a label): 👍/👎 + corrections through Slack, one retrain, and the
+    gate must promote (a significant gain on the paired items); the next answer is on v1, after rollback on base."""
     adapters_dir = live.settings.domains_dir / "finance" / "adapters"
     # 1. Questions arrive through the Slack app and are answered on the live adapter (none yet: base).
-    liked_ts, liked = live.ask(f"<@{BOT_USER_ID}> finance: {TWEET}")
-    fixed_ts, fixed = live.ask(
-        f"<@{BOT_USER_ID}> finance: What is the sentiment of this tweet: Stocks slide as Fed signals more rate hikes"
-    )
-    assert (liked["domain"], liked["adapter"], liked["chosen_by"]) == ("finance", "base", "explicit")
-
-    # 2. 👍 as a reaction on the first answer; 👎 + a correction (the modal) on the second.
-    post_event(live.server.url, reaction("+1", channel=CHANNEL, ts=liked["message_ts"], user="U0ALICE"))
-    down = block_action("feedback_down", str(fixed["id"]), channel=CHANNEL, message_ts=fixed["message_ts"],
-                        thread_ts=fixed_ts, user="U0BOB")  # fmt: skip
-    assert post_interaction(live.server.url, down)[0] == 200
-    values = {"correction": {"text": {"type": "plain_text_input", "value": "Bearish"}}}
-    assert (
-        post_interaction(
-            live.server.url, view_submission("correction", str(fixed["id"]), values, user="U0BOB")
-        )[0]
-        == 200
-    )
-    live.slack.wait_for(lambda: len(live.store.feedback("finance")) >= 3, what="the feedback to be stored")
-    kinds = sorted((f["kind"], f["value"]) for f in live.store.feedback("finance"))
-    assert kinds == [("button", "-1"), ("correction", "Bearish"), ("reaction", "+1")]
+    asked = ask_tweets(live, 16, "base")
+    # 2. Feedback the way Slack delivers it: a reaction, a button, the correction modal.
+    done = give_feedback(live, asked, poisoned=False)
+    kinds = Counter(f["kind"] for f in live.store.feedback("finance"))
+    assert kinds == Counter(reaction=done["up"], button=done["corrected"], correction=done["corrected"])
 
     # 3. retrain, in its own process, as an operator (or the worker) would run it.
-    done = retrain_cli(
-        live.settings, "--steps", "2", "--eval-limit", "6", "--eval-task", "tfns_sentiment",
-        "--replay-task", "tfns_sentiment", "--margin", "0.01", "--kto-steps", "0", "--test-limit", "0",
-    )  # fmt: skip
-    print(done.stdout, done.stderr[-2000:])
-    assert done.returncode == 0, done.stderr[-3000:]
+    done_cli = retrain_cli(live.settings, *RETRAIN)
+    print(done_cli.stdout, done_cli.stderr[-2000:])
+    assert done_cli.returncode == 0, done_cli.stderr[-3000:]
 
-    # 4. The gate's verdict, with its reason, is recorded.
+    # 4. The verdict this feedback must get, with its numbers, is recorded.
     [run] = live.store.runs("finance")
-    assert run["status"] in ("promoted", "rejected"), run
-    assert run["reason"] and run["candidate_version"] == "v1"
-    # a 👍 teaches only an answer the model wrote: not one the guard replaced by a quote or "no sources"
-    verdict = live.store.query("SELECT guard_verdict FROM exchanges WHERE id = ?", (liked["id"],))[0]["guard_verdict"]
-    correction = next(f["id"] for f in live.store.feedback_for(fixed["id"]) if f["kind"] == "correction")
-    expected = [f"exchange-{fixed['id']}-correction-{correction}"]
-    expected += [] if verdict in ("quoted", "no-sources") else [f"exchange-{liked['id']}"]
-    assert run["n_feedback_examples"] == len(expected) and run["n_replay_examples"] >= 16
-    assert sorted(run["example_ids"]) == sorted(expected)
-    assert set(run["metrics_candidate"]["tasks"]) == {"tfns_sentiment"}
-    assert f"finance: {run['status']}" in done.stdout
-    live_version = adapters.current(adapters_dir)
-    expected = "v1" if run["status"] == "promoted" else "base"
-    assert (live_version.version if live_version else "base") == expected
+    assert run["status"] == "promoted", run["reason"]
+    assert run["reason"].startswith("significant gain on tfns_sentiment") and run["candidate_version"] == "v1"
+    dev = run["config"]["verdict"]["dev"]["tfns_sentiment"]
+    assert dev["n"] == 24 and dev["wins"] > dev["losses"] and dev["p_value"] < 0.05 and dev["ci_low"] > 0
+    # every correction taught, and every 👍 whose text the model wrote (not a quote the guard put in its place)
+    assert run["n_feedback_examples"] == done["corrected"] + done["up"] - done["up_guarded"]
+    assert f"finance: {run['status']}" in done_cli.stdout
+    assert adapters.current(adapters_dir).version == "v1"
 
-    # 5. The running bot (never restarted) answers the next question on the live version.
+    # 5. The running bot (never restarted) answers the next question on the promoted version, then rolls back.
     _, after = live.ask(f"<@{BOT_USER_ID}> finance: {TWEET}")
-    assert after["adapter"] == expected
-    print(f"\nloop: gate {run['status']} ({run['reason']}); next answer on {after['adapter']}")
-    if run["status"] == "promoted":  # and rollback is just as live
-        assert adapters.rollback(adapters_dir) == "base"
-        _, rolled = live.ask(f"<@{BOT_USER_ID}> finance: {TWEET}")
-        assert rolled["adapter"] == "base"
+    assert after["adapter"] == "v1"
+    print(f"\nloop: gate {run['status']} ({run['reason']}); next answer on {after['adapter']}: {after['answer']!r}")
+    assert adapters.rollback(adapters_dir) == "base"
+    _, rolled = live.ask(f"<@{BOT_USER_ID}> finance: {TWEET}")
+    assert rolled["adapter"] == "base"
+
+
+def test_poisoned_feedback_is_rejected_and_the_live_adapter_keeps_serving(live: LiveBot) -> None:
+    """The shipped adapter live; every vote inverted and every "correction" a wrong label, through Slack: the gate
+    must reject the candidate, and the bot keeps answering on the live version with its bytes untouched."""
+    shipped = adapters.current(ROOT / "domains" / "finance" / "adapters")
+    if shipped is None:
+        pytest.skip("needs the shipped finance adapter as the good live version")
+    adapters_dir = live.settings.domains_dir / "finance" / "adapters"
+    shutil.copytree(shipped.path, adapters_dir / "v1")
+    adapters.promote(adapters_dir, "v1")
+    before = (adapters_dir / "v1" / adapters.ADAPTER_FILE).read_bytes()
+
+    asked = ask_tweets(live, 10, "v1")
+    done = give_feedback(live, asked, poisoned=True)
+    assert done["corrected"] >= 6  # the live adapter is mostly right, so most answers got a wrong "correction"
+    done_cli = retrain_cli(live.settings, *RETRAIN)
+    print(done_cli.stdout, done_cli.stderr[-2000:])
+    assert done_cli.returncode == 0, done_cli.stderr[-3000:]
+
+    [run] = live.store.runs("finance")
+    assert run["status"] == "rejected" and run["candidate_version"] == "v2", run["reason"]
+    dev = run["config"]["verdict"]["dev"]["tfns_sentiment"]
+    assert not (dev["p_value"] < 0.05 and dev["ci_low"] > 0)  # no significant gain, whatever the other reasons
+    assert adapters.current(adapters_dir).version == "v1"
+    assert (adapters_dir / "v1" / adapters.ADAPTER_FILE).read_bytes() == before
+    gate = adapters.AdapterVersion("v2", adapters_dir / "v2").meta["gate"]  # the candidate keeps its verdict
+    assert (gate["promoted"], gate["reason"]) == (False, run["reason"]) and gate["dev"] == run["config"]["verdict"]["dev"]
+    _, after = live.ask(f"<@{BOT_USER_ID}> finance: {TWEET}")
+    assert after["adapter"] == "v1"
+    print(f"\nloop (poisoned): gate {run['status']} ({run['reason']})")

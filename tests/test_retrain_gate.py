@@ -1,6 +1,6 @@
 """Retraining under stress, on the real tiny model:
 
-- poisoned feedback (tweets 👍'd with shuffled labels) makes a degraded candidate, and the gate rejects it;
+- (poisoned feedback through Slack, rejected by the gate: tests/test_loop_e2e.py)
 - `kill -9` in the middle of training leaves the live adapter, the pointer and the database intact.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,9 +18,7 @@ from pathlib import Path
 import pytest
 
 from bot import adapters
-from bot.answer import Answerer
 from bot.domains import discover
-from bot.retrieval.index import Retriever
 from bot.store.store import Store
 from bot.testing.lora import write_lora
 from bot.testing.workspace import linked_workspace
@@ -57,42 +54,6 @@ def poison(store: Store, n: int, seed: int = 0) -> None:
             kind="answer", router_scores={}, chosen_by="explicit", citations=[], adapter="v1", latency_ms=1.0,
         )  # fmt: skip
         store.add_feedback(xid, "reaction", "+1", user=f"U{i}", event_key=f"poison-{i}")
-
-
-def test_a_degraded_candidate_is_rejected_by_the_gate(workspace, runtime, embedder) -> None:
-    shipped = adapters.current(ROOT / "domains" / "finance" / "adapters")
-    if shipped is None:
-        pytest.skip("needs the shipped finance adapter (domainbot train finance) as the good live version")
-    settings, store = workspace
-    finance = discover(settings.domains_dir).get("finance")
-    shutil.copytree(shipped.path, finance.adapters_dir / "v1")
-    adapters.promote(finance.adapters_dir, "v1")
-    live_bytes = digest(finance.adapters_dir / "v1" / adapters.ADAPTER_FILE)
-    poison(store, 64)
-
-    answerer = Answerer(settings, discover(settings.domains_dir), Retriever(settings, embedder), runtime)
-    cfg = rt.RetrainConfig(
-        max_steps=16, epochs=2.0, lr=1e-3, batch_size=8, feedback_repeats=1, replay_per_example=0, min_replay=0,
-        eval_limit=20, eval_tasks=(TASK,), refit_router=False,
-        kto_steps=0, test_limit=0,  # the verdict on a degraded candidate is the point; KTO and the test report cost minutes
-    )  # fmt: skip
-    out = rt.retrain("finance", settings=settings, store=store, cfg=cfg, answerer=answerer)
-
-    print(
-        f"\ndegraded candidate: {out.status} ({out.reason}); current {out.metrics_current}, candidate {out.metrics_candidate}"
-    )
-    assert out.status == "rejected"
-    assert out.metrics_candidate["tasks"][TASK] < out.metrics_current["tasks"][TASK] - 0.01
-    assert TASK in out.reason or "worse overall" in out.reason
-    assert adapters.current(finance.adapters_dir).version == "v1"
-    assert digest(finance.adapters_dir / "v1" / adapters.ADAPTER_FILE) == live_bytes
-    run = store.runs("finance")[-1]
-    assert (run["status"], run["promoted"], run["candidate_version"]) == ("rejected", 0, "v2")
-    assert run["reason"] == out.reason
-    gate = adapters.AdapterVersion("v2", finance.adapters_dir / "v2").meta["gate"]
-    assert (gate["promoted"], gate["reason"]) == (False, out.reason)
-    assert gate["dev"][TASK]["n"] == 20 and not gate["dev"][TASK]["significant"]
-    assert run["config"]["verdict"]["dev"] == gate["dev"]  # the paired numbers are in training_runs too
 
 
 def test_kill_9_during_retraining_leaves_the_live_adapter_untouched(workspace) -> None:
