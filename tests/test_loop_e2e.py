@@ -160,7 +160,7 @@ def test_good_feedback_is_promoted_and_the_bot_hot_reloads(live: LiveBot) -> Non
     gate must promote (a significant gain on the paired items); the next answer is on v1, after rollback on base."""
     adapters_dir = live.settings.domains_dir / "finance" / "adapters"
     # 1. Questions arrive through the Slack app and are answered on the live adapter (none yet: base).
-    asked = ask_tweets(live, 16, "base")
+    asked = ask_tweets(live, 10, "base")
     # 2. Feedback the way Slack delivers it: a reaction, a button, the correction modal.
     done = give_feedback(live, asked, poisoned=False)
     kinds = Counter(f["kind"] for f in live.store.feedback("finance"))
@@ -192,7 +192,7 @@ def test_good_feedback_is_promoted_and_the_bot_hot_reloads(live: LiveBot) -> Non
 
 
 def test_poisoned_feedback_is_rejected_and_the_live_adapter_keeps_serving(live: LiveBot) -> None:
-    """The shipped adapter live; every vote inverted and every "correction" a wrong label, through Slack: the gate
+    """The shipped adapter live (right on most tweets); every vote inverted and every "correction" a wrong label, through Slack: the gate
     must reject the candidate, and the bot keeps answering on the live version with its bytes untouched."""
     shipped = adapters.current(ROOT / "domains" / "finance" / "adapters")
     if shipped is None:
