@@ -317,15 +317,15 @@ def _task_dicts(result) -> dict:
 
 
 def _unit(kind: str, key: str, item: Mapping) -> object:
-    """What one item contributes to a task measure: right/supported flags, a (pred, gold) pair, a token-F1."""
+    """What one item contributes to a task measure: a right/supported flag, a (pred, gold) pair, a token-F1."""
     if kind == qa_eval.KIND:
-        return bool(item.get("correct" if key == "score" else key))
+        return bool(item.get(key))
     if kind == "classification":
         return (item.get("pred"), item["gold"])
     return metrics.token_f1(metrics.strip_derivation(item["output"]), item["gold"])
 
 
-def _measure(kind: str, key: str):
+def _measure(kind: str):
     if kind == "classification":
         return lambda units: metrics.macro_f1([p for p, _ in units], [g for _, g in units])
     return lambda units: sum(units) / len(units)
@@ -335,37 +335,31 @@ class _Chance:
     """The paired randomization p-value of a task measure's drop, when both results hold the same items of the task
     and those items reproduce the reported scores (else None: the flat margin rule applies)."""
 
-    def __init__(self, candidate, current, seed: int = 0) -> None:
+    def __init__(self, candidate, current) -> None:
         self.cand = candidate.items if isinstance(candidate, EvalResult) else []
         self.cur = current.items if isinstance(current, EvalResult) else []
         self.cand_tasks, self.cur_tasks = _task_dicts(candidate), _task_dicts(current)
-        self.seed = seed
 
     def __call__(self, task: str, key: str) -> tuple[float, int] | None:
         from training import significance as sig
 
         kind = self.cur_tasks.get(task, {}).get("kind")
-        cur = {it["id"]: it for it in self.cur if it.get("task") == task}
-        cand = {it["id"]: it for it in self.cand if it.get("task") == task}
-        if not kind or not cur or set(cur) != set(cand):
-            return None
         try:
-            ids = sorted(cur)
-            a, b = [_unit(kind, key, cur[i]) for i in ids], [_unit(kind, key, cand[i]) for i in ids]
-        except KeyError:
+            pairs = sig.pair_items(self.cur, self.cand, task) if kind else []
+            a, b = [_unit(kind, key, x) for x, _ in pairs], [_unit(kind, key, y) for _, y in pairs]
+        except (sig.PairingError, KeyError):
             return None
-        measure = _measure(kind, key)
+        if not pairs:
+            return None
+        measure = _measure(kind)
         for units, tasks in ((a, self.cur_tasks), (b, self.cand_tasks)):
             if abs(measure(units) - float(tasks[task].get(key, tasks[task]["score"]))) > 1e-6:
                 return None  # the items are not what was scored: no test on them
-        return sig.drop_p(a, b, measure, seed=self.seed), len(ids)
+        return sig.drop_p(a, b, measure), len(pairs)
 
 
-def gate(candidate, current, margin: float = 0.01, *, loss_alpha: float | None = None) -> tuple[bool, str]:
-    """Promote only if the candidate keeps the real job (each open_qa task's correctness and supported rate, checked
-    first), is not worse overall, and loses no task. A measure is lost when it fell by more than `margin` and, where
-    both results hold the scored items, chance does not explain the drop for its size (paired randomization p below
-    `loss_alpha`, `training.significance.drop_p`). Drops inside chance are named in the reason."""
+def _gate(candidate, current, margin: float, loss_alpha: float | None) -> tuple[bool, str, str]:
+    """`gate`'s verdict and reason, and on a pass what it kept (the clause `job_gate` repeats)."""
     from training import significance as sig
 
     alpha = sig.LOSS_ALPHA if loss_alpha is None else loss_alpha
@@ -386,22 +380,31 @@ def gate(candidate, current, margin: float = 0.01, *, loss_alpha: float | None =
 
     refused = qa_eval.gate_check(_task_dicts(candidate), _task_dicts(current), margin, lost)
     if refused:
-        return False, refused
+        return False, refused, ""
     cand, cur = _task_scores(candidate), _task_scores(current)
     shared = sorted(set(cand) & set(cur))
     if not shared:
-        return False, "no task was scored for both the candidate and the current adapter"
+        return False, "no task was scored for both the candidate and the current adapter", ""
     job = {t for t, s in _task_dicts(current).items() if isinstance(s, Mapping) and s.get("kind") == qa_eval.KIND}
     for t in sorted((t for t in shared if t not in job and cur[t] - cand[t] > margin), key=lambda t: cand[t] - cur[t]):
         why = lost(t, "score", "", cur[t], cand[t])  # the worst drop first: the clearest reason
         if why:
-            return False, why
+            return False, why, ""
     mean_cand = sum(cand[t] for t in shared) / len(shared)
     mean_cur = sum(cur[t] for t in shared) / len(shared)
     if mean_cand < mean_cur:
-        return False, f"worse overall: {mean_cand:.3f} < {mean_cur:.3f}"
+        return False, f"worse overall: {mean_cand:.3f} < {mean_cur:.3f}", ""
     kept = f"no task dropped more than {margin}" + (f" beyond chance ({'; '.join(tolerated)})" if tolerated else "")
-    return True, f"overall {mean_cur:.3f} -> {mean_cand:.3f}; {kept}"
+    return True, f"overall {mean_cur:.3f} -> {mean_cand:.3f}; {kept}", kept
+
+
+def gate(candidate, current, margin: float = 0.01, *, loss_alpha: float | None = None) -> tuple[bool, str]:
+    """Promote only if the candidate keeps the real job (each open_qa task's correctness and supported rate, checked
+    first), is not worse overall, and loses no task. A measure is lost when it fell by more than `margin` and, where
+    both results hold the scored items, chance does not explain the drop for its size (paired randomization p below
+    `loss_alpha`, `training.significance.drop_p`). Drops inside chance are named in the reason."""
+    ok, reason, _ = _gate(candidate, current, margin, loss_alpha)
+    return ok, reason
 
 
 def yardstick(candidate: EvalResult, current: EvalResult) -> list[str]:
@@ -413,8 +416,8 @@ def yardstick(candidate: EvalResult, current: EvalResult) -> list[str]:
 
 def job_gate(candidate: EvalResult, current: EvalResult, margin: float = 0.01, *, alpha: float = 0.05,
              loss_alpha: float | None = None, seed: int = 0) -> tuple[bool, str, dict[str, dict]]:  # fmt: skip
-    """Retrain's gate: `gate` (nothing lost beyond `margin` and chance at `loss_alpha`), then a paired significance test on the same items
-    of each yardstick task (`training.significance`): the candidate must be better beyond chance, not merely
+    """Retrain's gate: `gate` (nothing lost beyond `margin` and chance at `loss_alpha`), then a paired significance
+    test on the same items of each yardstick task (`training.significance`): the candidate must be better beyond chance, not merely
     tied. Returns (ok, reason, {task: the paired comparison as a dict}), the numbers kept whatever the verdict."""
     from training import significance as sig
 
@@ -426,7 +429,7 @@ def job_gate(candidate: EvalResult, current: EvalResult, margin: float = 0.01, *
     except sig.PairingError as exc:
         unpaired = f"cannot compare the adapters item by item: {exc}"
     numbers = {t: p.to_dict() for t, p in paired.items()}
-    ok, reason = gate(candidate, current, margin, loss_alpha=loss_alpha)
+    ok, reason, kept = _gate(candidate, current, margin, loss_alpha)
     if not ok or unpaired:  # a loss beyond the margin is the clearer reason, so it comes first
         return False, reason if not ok else unpaired, numbers
     if not paired:
@@ -435,7 +438,7 @@ def job_gate(candidate: EvalResult, current: EvalResult, margin: float = 0.01, *
     if weak:
         return False, f"{weak[0]}: no significant gain at alpha {alpha}: {paired[weak[0]].describe()}", numbers
     summary = "; ".join(f"{t}: {p.describe()}" for t, p in paired.items())
-    return True, f"significant gain on {summary}; {reason.split('; ', 1)[1]}", numbers
+    return True, f"significant gain on {summary}; {kept}", numbers
 
 
 # ---- reports: results.json, a table, a PNG --------------------------------------------------------------

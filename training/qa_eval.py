@@ -292,16 +292,12 @@ GATE_MEASURES = (("correct", "correctness"), ("supported", "supported rate"))
 
 
 def gate_check(candidate: Mapping[str, Any], current: Mapping[str, Any], margin: float,
-               lost: Callable[[str, str, str, float, float], str | None] | None = None) -> str | None:  # fmt: skip
+               lost: Callable[[str, str, str, float, float], str | None]) -> str | None:  # fmt: skip
     """Why the candidate must not replace the current adapter on an open_qa task, else None.
 
-    Checked before any average, so no classification gain can buy a loss on the real job. `lost(task, key, label,
-    was, now)` says whether a drop is a loss (and why); the default is the flat rule: any drop beyond `margin`.
+    Checked before any average, so no classification gain can buy a loss on the real job. Each measure that fell by
+    more than `margin` goes to `lost(task, key, label, was, now)`, which says whether it is a loss, and why.
     """
-    def flat(task: str, key: str, label: str, was: float, now: float) -> str | None:
-        return f"{task} {label} fell {was - now:.3f} ({was:.3f} -> {now:.3f}), more than the margin {margin}"
-
-    judge = lost or flat
     for task in sorted(t for t, s in current.items() if isinstance(s, Mapping) and s.get("kind") == KIND):
         cand = candidate.get(task)
         if not isinstance(cand, Mapping):
@@ -309,7 +305,7 @@ def gate_check(candidate: Mapping[str, Any], current: Mapping[str, Any], margin:
         for key, label in GATE_MEASURES:
             was, now = current[task].get(key), cand.get(key)
             if isinstance(was, int | float) and isinstance(now, int | float) and was - now > margin:
-                why = judge(task, key, label, was, now)
+                why = lost(task, key, label, was, now)
                 if why:
                     return why
     return None

@@ -88,13 +88,17 @@ def bootstrap_ci(current: Sequence[bool], candidate: Sequence[bool], *, confiden
     return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 
 
-def compare(current: Sequence[bool], candidate: Sequence[bool], *, alpha: float = ALPHA,
-            confidence: float = 0.95, seed: int = 0) -> Paired:  # fmt: skip
-    """The paired comparison of two equal-length correctness vectors (item i is the same item in both)."""
+def _check_paired(current: Sequence, candidate: Sequence) -> None:
     if len(current) != len(candidate):
         raise PairingError(f"{len(current)} current vs {len(candidate)} candidate items: not paired")
     if not current:
         raise PairingError("no paired items to compare")
+
+
+def compare(current: Sequence[bool], candidate: Sequence[bool], *, alpha: float = ALPHA,
+            confidence: float = 0.95, seed: int = 0) -> Paired:  # fmt: skip
+    """The paired comparison of two equal-length correctness vectors (item i is the same item in both)."""
+    _check_paired(current, candidate)
     wins = sum(1 for a, b in zip(current, candidate, strict=True) if b and not a)
     losses = sum(1 for a, b in zip(current, candidate, strict=True) if a and not b)
     low, high = bootstrap_ci(current, candidate, confidence=confidence, seed=seed)
@@ -114,15 +118,21 @@ def item_correct(item: Mapping) -> bool:
     return bool(exact_match(strip_derivation(item["output"]), item["gold"]))
 
 
-def compare_items(current: Sequence[Mapping], candidate: Sequence[Mapping], task: str, **kw) -> Paired:
-    """Pair two EvalResults' items of `task` by id; a missing or extra item is an error, never a silent drop."""
-    cur = {it["id"]: item_correct(it) for it in current if it["task"] == task}
-    cand = {it["id"]: item_correct(it) for it in candidate if it["task"] == task}
+def pair_items(current: Sequence[Mapping], candidate: Sequence[Mapping], task: str) -> list[tuple[Mapping, Mapping]]:
+    """Two EvalResults' items of `task` as (current, candidate) pairs by id, in id order; a missing or extra item
+    is an error, never a silent drop."""
+    cur = {it["id"]: it for it in current if it["task"] == task}
+    cand = {it["id"]: it for it in candidate if it["task"] == task}
     if set(cur) != set(cand):
         only = sorted(set(cur) ^ set(cand))[:3]
         raise PairingError(f"{task}: the two evaluations answered different items (e.g. {', '.join(only)})")
-    ids = sorted(cur)
-    return compare([cur[i] for i in ids], [cand[i] for i in ids], **kw)
+    return [(cur[i], cand[i]) for i in sorted(cur)]
+
+
+def compare_items(current: Sequence[Mapping], candidate: Sequence[Mapping], task: str, **kw) -> Paired:
+    """The paired comparison of `task`'s items (`pair_items`), each judged right or wrong by `item_correct`."""
+    pairs = pair_items(current, candidate, task)
+    return compare([item_correct(a) for a, _ in pairs], [item_correct(b) for _, b in pairs], **kw)
 
 
 def drop_p(current: Sequence, candidate: Sequence, metric: Callable[[Sequence], float], *, rounds: int = ROUNDS,
@@ -131,10 +141,7 @@ def drop_p(current: Sequence, candidate: Sequence, metric: Callable[[Sequence], 
     two outcomes (`current[i]` <-> `candidate[i]`) that drop `metric` at least as much as observed. Exact over every
     swap when at most `EXACT_UPTO` items differ, else `rounds` seeded samples (the observed split counted once).
     1.0 when the candidate is not lower."""
-    if len(current) != len(candidate):
-        raise PairingError(f"{len(current)} current vs {len(candidate)} candidate items: not paired")
-    if not current:
-        raise PairingError("no paired items to compare")
+    _check_paired(current, candidate)
     observed = metric(current) - metric(candidate)
     if observed <= 0:
         return 1.0
