@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -17,8 +18,9 @@ import pytest
 
 from bot.answer import Answerer
 from bot.config import ROOT, Settings
+from bot.slack import blocks
 from bot.slack.resume import RESTARTED, resume_open
-from bot.slack.waiting import RETRY_QUESTION
+from bot.slack.waiting import RETRY_QUESTION, waiting_message
 from bot.store.questions import LEASE_S, MAX_ATTEMPTS, Questions, owner_is_dead
 from bot.store.store import STORED_QUESTION_CHARS, Store
 from bot.testing.slack_bot import RunningBot
@@ -159,6 +161,29 @@ def test_the_worker_apologises_for_questions_no_slack_process_resumed(tmp_path: 
         assert apologise_abandoned_questions(base_settings.with_(slack_bot_token=None), store) == 0  # nobody to tell
 
 
+def test_the_worker_turns_a_placeholder_a_crash_left_unrecorded_into_the_apology(tmp_path: Path,
+                                                                                 base_settings: Settings):
+    """Posted, then the process died before recording its ts: the apology edits that note, posts nothing new."""
+    from training.worker import apologise_abandoned_questions
+
+    with FakeSlack() as slack, Store(tmp_path / "w.db") as store:
+        ts = slack.add_message(CHANNEL, QUESTION)
+        gone = Questions(store, "other-host:7:x", clock=lambda: time.time() - 300)
+        held = gone.claim("event:EvH", source="slack:mention", channel=CHANNEL, user=USER, question=QUESTION,
+                          resume=resume_fields(ts, "EvH"))  # an earlier question of the thread, its note recorded
+        recorded = slack._post(CHANNEL, {**waiting_message(1), "thread_ts": ts})["ts"]
+        gone.set_placeholder(held.id, recorded)
+        lost = gone.claim("event:EvL", source="slack:mention", channel=CHANNEL, user=USER, question=QUESTION,
+                          resume=resume_fields(ts, "EvL"))
+        note = slack._post(CHANNEL, {**waiting_message(2), "thread_ts": ts})["ts"]
+        s = base_settings.with_(slack_api_url=slack.api_url, slack_bot_token=BOT_TOKEN)
+        assert apologise_abandoned_questions(s, store) == 2
+        ours = [m for m in slack.messages(CHANNEL) if m.get("thread_ts") == ts]
+        assert [m["ts"] for m in ours] == [recorded, note]  # both edited in place, nothing posted
+        assert all(RESTARTED in m["text"] for m in ours)
+        assert Questions(store).get(lost.id)["placeholder_ts"] == note
+
+
 # ---------------------------------------------------------------- through the real app (real model)
 
 
@@ -246,6 +271,33 @@ def test_a_question_tried_too_often_is_apologised_for_and_can_be_asked_again(sta
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("left, attempts", [("waiting note", 0), ("stream draft", 0), ("waiting note", MAX_ATTEMPTS)])
+def test_a_placeholder_posted_but_not_recorded_before_a_crash_becomes_the_answer_or_apology(start_bot, left,
+                                                                                           attempts):
+    """A crash between Slack's reply and recording its ts: the resumed question edits that message, so the thread
+    never keeps a stale "in line" note or a half-streamed draft beside the answer."""
+    bot = start_bot()
+    for keeper in bot.ctx.background:  # only this resume may take it
+        keeper.stop()
+    ts, event_id = bot.slack.add_message(CHANNEL, QUESTION), new_event_id()
+    qid = orphan(bot.store, ts, event_id, attempts=attempts)
+    if left == "waiting note":
+        draft = bot.ctx.client.chat_postMessage(channel=CHANNEL, thread_ts=ts, **waiting_message(2))["ts"]
+    else:
+        draft = bot.ctx.client.chat_startStream(channel=CHANNEL, thread_ts=ts, recipient_user_id=USER,
+                                                recipient_team_id=bot.slack.team_id,
+                                                markdown_text=blocks.stream_intro("Medical"))["ts"]
+    assert resume_open(bot.ctx) == 1
+    bot.slack.wait_for(lambda: bot.ctx.questions.get(qid)["status"] in ("answered", "failed"), what="settled")
+    ours = bot.thread(ts)
+    assert [m["ts"] for m in ours] == [draft]  # one message: the draft, edited
+    if attempts < MAX_ATTEMPTS:
+        assert is_answer(ours[0]) and bot.ctx.questions.get(qid)["status"] == "answered"
+    else:
+        assert RESTARTED in ours[0]["text"] and bot.ctx.questions.get(qid)["status"] == "failed"
+
+
+@pytest.mark.slow
 def test_waiting_users_are_told_their_place_and_it_becomes_the_answer(start_bot):
     bot = start_bot(max_tokens=48)  # slower answers: the line is visibly long
     threads = []
@@ -277,10 +329,13 @@ def test_kill_9_mid_answer_then_restart_answers_or_apologises_for_every_question
         env = {**os.environ, "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
                "SLACK_API_URL": slack.api_url, "PORT": "0", "DOMAINBOT_DB": str(db),
                "DOMAINBOT_INDEXES_DIR": str(settings.indexes_dir), "DOMAINBOT_MAX_TOKENS": "48",
-               "DOMAINBOT_PROMPT_BUDGET": "320", "DOMAINBOT_THREADS": "2"}
+               "DOMAINBOT_PROMPT_BUDGET": "320", "DOMAINBOT_THREADS": "2", "PYTHONFAULTHANDLER": "1"}
         proc = subprocess.Popen([sys.executable, "-m", "bot", "serve", "--http", "--host", "127.0.0.1"], cwd=ROOT,
                                 env=env, stdout=subprocess.PIPE, stderr=(tmp_path / "serve.err").open("a"),
                                 text=True)
+        if not select.select([proc.stdout], [], [], 180)[0]:  # stuck starting: its threads' stacks say where
+            proc.send_signal(signal.SIGABRT)
+            proc.wait(timeout=30)
         line = proc.stdout.readline()
         assert "listening on http://127.0.0.1:" in line, line + (tmp_path / "serve.err").read_text()
         return proc, line.split("listening on ")[1].strip()
@@ -316,7 +371,15 @@ def test_kill_9_mid_answer_then_restart_answers_or_apologises_for_every_question
                 return bool(ours) and all(is_answer(m) or RESTARTED in m.get("text", "") for m in ours)
 
             for ts in threads:
-                slack.wait_for(lambda ts=ts: settled(ts), what=f"question {ts} answered or apologised for")
+                try:
+                    slack.wait_for(lambda ts=ts: settled(ts), what=f"question {ts} answered or apologised for")
+                except AssertionError as err:  # say what the thread holds and what the server logged
+                    ours = [(m.get("ts"), m.get("text", "")[:80], is_answer(m)) for m in slack.messages(CHANNEL)
+                            if m.get("user") == BOT_USER_ID and m.get("thread_ts") == ts]
+                    with Store(db) as store:
+                        rows = store.query("SELECT id, status, placeholder_ts, attempts FROM questions")
+                    log = (tmp_path / "serve.err").read_text()[-3000:]
+                    raise AssertionError(f"{err}\nthread {ts}: {ours}\nquestions: {rows}\nserver log:\n{log}") from None
             def none_open() -> bool:
                 with Store(db) as store:
                     return not store.query("SELECT id FROM questions WHERE status IN ('queued', 'answering')")

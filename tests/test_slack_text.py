@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from bot.prompt import Turn
+from bot.slack import blocks
 from bot.slack.blocks import ANSWER_BLOCK
 from bot.slack.text import (
     clean_text,
     correction,
     history_turns,
+    is_holding,
     latest_answer_ts,
     mentions,
     parse_ask,
     reaction_signal,
+    unrecorded_placeholder,
 )
+from bot.slack.waiting import apology_message, waiting_message
 
 NAMES = ["finance", "legal", "medical"]
 
@@ -73,3 +77,32 @@ def test_history_keeps_people_and_our_answers_before_the_question():
 def test_latest_answer_before_a_correction():
     assert latest_answer_ts(THREAD + [_answer("1.6", "Later")], bot_user_id="UBOT", before_ts="1.5") == "1.2"
     assert latest_answer_ts(THREAD[:2], bot_user_id="UBOT") is None
+
+
+def _ours(ts: str, message: dict) -> dict:
+    return {"ts": ts, "user": "UBOT", "bot_id": "BBOT", **message}
+
+
+def test_our_holding_messages_are_the_waiting_note_the_thinking_message_and_a_stream_draft():
+    assert is_holding(_ours("1", waiting_message(2)), bot_user_id="UBOT")
+    assert is_holding(_ours("1", blocks.thinking_message("Legal")), bot_user_id="UBOT")
+    assert is_holding(_ours("1", {"text": blocks.stream_intro("Legal") + "The notice"}), bot_user_id="UBOT")
+    assert not is_holding(_ours("1", apology_message(3, "restarted")), bot_user_id="UBOT")
+    assert not is_holding(_answer("1", blocks.stream_intro("Legal") + "Thirty days [1]."), bot_user_id="UBOT")
+    assert not is_holding({"ts": "1", "user": "U1", **waiting_message(2)}, bot_user_id="UBOT")  # a person's paste
+
+
+def test_the_unrecorded_placeholder_is_our_earliest_holding_message_after_the_question_nobody_holds():
+    thread = [
+        {"ts": "10.0", "user": "U1", "text": "<@UBOT> legal: notice period?"},
+        _ours("9.0", waiting_message(1)),  # before the question: another question's
+        _ours("12.0", blocks.thinking_message("Legal")),  # after, but recorded by another open question
+        _ours("11.0", apology_message(1, "restarted")),  # ours, not holding a place
+        _ours("14.0", waiting_message(2)),
+        _ours("13.0", {"text": blocks.stream_intro("Legal")}),  # the earliest free one
+    ]
+    recorded = {"12.0"}.__contains__
+    assert unrecorded_placeholder(thread, bot_user_id="UBOT", after_ts="10.0", recorded=recorded) == "13.0"
+    assert unrecorded_placeholder(thread, bot_user_id="UBOT", after_ts="13.5", recorded=recorded) == "14.0"
+    assert unrecorded_placeholder(thread, bot_user_id="UBOT", after_ts="14.0", recorded=recorded) is None
+    assert unrecorded_placeholder(thread, bot_user_id="UOTHER", after_ts="10.0", recorded=recorded) is None

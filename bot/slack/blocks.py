@@ -18,6 +18,12 @@ from bot.answer import Answer
 from bot.domains import Domain
 
 ANSWER_BLOCK = "domainbot_answer"  # block_id of an answer's first section: marks bot answers in a thread
+# How our messages that hold a place for an answer begin: a crash between posting one and recording its ts leaves
+# it unrecorded, and a resumed question finds it by these (a native stream's draft can carry no block_id).
+THINKING_MARK = "Looking into it ("
+STREAM_MARK = ":mag: Searching "
+WAITING_MARK = ":hourglass_flowing_sand: Your question is in line"
+HOLDING_MARKS = (THINKING_MARK, STREAM_MARK, WAITING_MARK)
 FEEDBACK = "feedback"  # the native feedback_buttons element; its values are f"{exchange_id}:{UP or DOWN}"
 FEEDBACK_UP = "feedback_up"  # the older 👍/👎 buttons: new answers no longer have them, posted ones still work
 FEEDBACK_DOWN = "feedback_down"
@@ -156,14 +162,14 @@ def policy_message(answer: Answer, domain_title: str) -> Message:
 
 def thinking_message(domain_title: str) -> Message:
     return {
-        "text": f"Looking into it ({domain_title})…",
+        "text": f"{THINKING_MARK}{domain_title})…",
         "blocks": [_header(domain_title), _context(f":mag: Searching {escape(domain_title.lower())} documents…")],
     }
 
 
 def stream_intro(domain_title: str) -> str:
     """The first words of a natively streamed answer (markdown_text); the final answer replaces them."""
-    return f":mag: Searching {domain_title.lower()} documents…\n\n"
+    return f"{STREAM_MARK}{domain_title.lower()} documents…\n\n"
 
 
 def streaming_message(domain_title: str, partial: str) -> Message:

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
+from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -19,6 +22,7 @@ from slack_sdk.errors import SlackApiError
 from bot.slack import events
 from bot.slack.answering import RESUME_FIELDS, Ask, Reply, enqueue, submit
 from bot.slack.context import SlackContext
+from bot.slack.text import unrecorded_placeholder
 from bot.slack.waiting import Ticket, apology_message
 from bot.store.questions import MAX_ATTEMPTS, Claimed, Questions
 
@@ -49,6 +53,9 @@ def resume(ctx: SlackContext, claimed: Claimed) -> None:
         ctx.questions.finish(claimed.id, "failed")  # nothing to answer into
         return
     ask = Ask(text=row.get("question") or "", **fields)
+    if claimed.placeholder_ts is None:
+        claimed = replace(claimed, placeholder_ts=adopt_placeholder(ctx.client, ctx.questions, ctx.bot_user_id,
+                                                                    claimed.id, fields))
     too_long = (row.get("question_chars") or 0) > len(ask.text)  # stored cut: the policy refused it anyway
     if claimed.attempts >= MAX_ATTEMPTS or _age_s(row) > MAX_AGE_S or too_long:
         apologise(ctx, ask, claimed)
@@ -74,6 +81,26 @@ def replay(ctx: SlackContext, claimed: Claimed, row: dict) -> None:
     ctx.questions.settle(key)
 
 
+def adopt_placeholder(client: WebClient, questions: Questions, bot_user_id: str | None, question_id: int,
+                      fields: dict[str, Any]) -> str | None:
+    """A resumed question with no recorded placeholder takes the holding message a crash left unrecorded in its
+    thread (a waiting note, "Looking into it", a stream's draft): it becomes the answer or the apology instead
+    of staying beside them for good. None when there is none (or no thread to look in: a top-level DM reply)."""
+    channel, thread = fields.get("channel"), fields.get("thread_ts")
+    if not channel or not thread or not bot_user_id:
+        return None
+    try:
+        messages = client.conversations_replies(channel=channel, ts=thread, limit=200).get("messages", [])
+    except SlackApiError as err:
+        log.warning("could not look for question %s's placeholder: %s", question_id, err.response.get("error"))
+        return None
+    ts = unrecorded_placeholder(messages, bot_user_id=bot_user_id, after_ts=fields.get("message_ts") or thread,
+                                recorded=partial(questions.is_placeholder, channel))
+    if ts:
+        questions.set_placeholder(question_id, ts)
+    return ts
+
+
 def apologise(ctx: SlackContext, ask: Ask, claimed: Claimed) -> None:
     """The placeholder (or a new message in the thread) says it failed and offers to ask again."""
     reply = Reply(ctx, ask, ts=claimed.placeholder_ts)
@@ -87,14 +114,19 @@ def apologise(ctx: SlackContext, ask: Ask, claimed: Claimed) -> None:
 def apologise_abandoned(client: WebClient, questions: Questions, grace_s: float = ABANDONED_S) -> int:
     """Without a model: every question no Slack process resumed within `grace_s` gets its apology."""
     taken = questions.take_stale(grace_s)
+    bot_user_id: str | None = None
     for claimed in taken:
         fields = claimed.resume.get("event") or claimed.resume
         channel = fields.get("channel")
         thread = fields.get("thread_ts") or (fields.get("ts") if fields.get("type") == "app_mention" else None)
         message = apology_message(claimed.id, RESTARTED)
+        placeholder = claimed.placeholder_ts
         try:
-            if claimed.placeholder_ts:
-                client.chat_update(channel=channel, ts=claimed.placeholder_ts, **message)
+            if placeholder is None and claimed.status != "received":  # received: nothing was posted yet
+                bot_user_id = bot_user_id or client.auth_test().get("user_id")
+                placeholder = adopt_placeholder(client, questions, bot_user_id, claimed.id, fields)
+            if placeholder:
+                client.chat_update(channel=channel, ts=placeholder, **message)
             elif channel:
                 client.chat_postMessage(channel=channel, thread_ts=thread, **message)
         except SlackApiError as err:

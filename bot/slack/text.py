@@ -4,10 +4,10 @@ reactions and thread history."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from bot.prompt import Turn
-from bot.slack.blocks import ANSWER_BLOCK
+from bot.slack.blocks import ANSWER_BLOCK, HOLDING_MARKS
 
 HISTORY_TURNS = 10  # the prompt budget trims further; this bounds the work before it
 
@@ -62,6 +62,21 @@ def reaction_signal(name: str, added: bool, optout: str) -> tuple[str, str] | No
 def is_answer(message: dict) -> bool:
     """A final answer of ours carries the ANSWER_BLOCK section (placeholders and pickers don't)."""
     return any(b.get("block_id") == ANSWER_BLOCK for b in message.get("blocks") or ())
+
+
+def is_holding(message: dict, *, bot_user_id: str) -> bool:
+    """Ours and still holding a place for an answer: a waiting note, "Looking into it", a native stream's draft."""
+    return (message.get("user") == bot_user_id and not is_answer(message)
+            and str(message.get("text") or "").startswith(HOLDING_MARKS))
+
+
+def unrecorded_placeholder(messages: Sequence[dict], *, bot_user_id: str, after_ts: str,
+                           recorded: Callable[[str], bool]) -> str | None:
+    """The earliest of our holding messages after `after_ts` that no question has recorded as its placeholder:
+    what a crash between posting it and recording its ts left behind."""
+    found = sorted((m for m in messages if is_holding(m, bot_user_id=bot_user_id) and m.get("ts")
+                    and float(m["ts"]) > float(after_ts)), key=lambda m: float(m["ts"]))
+    return next((m["ts"] for m in found if not recorded(m["ts"])), None)
 
 
 def _before(message: dict, ts: str | None) -> bool:

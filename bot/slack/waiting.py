@@ -28,6 +28,7 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 
 from bot import metrics
+from bot.slack.blocks import WAITING_MARK
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class Ticket:
 
 def waiting_message(ahead: int) -> dict:
     who = "1 question" if ahead == 1 else f"{ahead} questions"
-    text = f":hourglass_flowing_sand: Your question is in line: {who} ahead of yours. I'll answer here."
+    text = f"{WAITING_MARK}: {who} ahead of yours. I'll answer here."
     return {"text": text, "blocks": [{"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}]}
 
 

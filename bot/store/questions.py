@@ -178,6 +178,11 @@ class Questions:
             db.execute("UPDATE questions SET placeholder_ts = ?, updated_at = ? WHERE id = ?",
                        (ts, self.store.clock(), question_id))
 
+    def is_placeholder(self, channel: str, ts: str) -> bool:
+        """Some question already holds the message at `ts` in `channel` as its placeholder."""
+        return bool(self.store.query("SELECT 1 FROM questions WHERE channel = ? AND placeholder_ts = ? LIMIT 1",
+                                     (channel, ts)))
+
     def finish(self, question_id: int, status: str, *, exchange_id: int | None = None,
                queue_ms: float | None = None, answer_ms: float | None = None) -> None:
         """answered | failed: the raw user id in `resume` is dropped here."""
