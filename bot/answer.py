@@ -162,23 +162,30 @@ _POLAR = re.compile(r"^\s*(is|are|was|were|does|do|did|can|could|may|might|must|
                     re.IGNORECASE)
 
 
+def _asks_for(question: str, spec: dict) -> bool:
+    """The question names two of the task's labels, or a phrase its manifest lists in `asked_by` ("sentiment")."""
+    q = question.lower()
+    if sum(str(label).lower() in q for label in spec.get("labels", [])) >= 2:
+        return True
+    return any(re.search(rf"(?<![\w-]){re.escape(str(cue).lower())}(?![\w-])", q) for cue in spec.get("asked_by", []))
+
+
 def label_answer(text: str, question: str, domain: Domain) -> str | None:
     """The answer's leading label when the question asks for one: Yes/No to a polar question, or one of a task's
-    labels when the question names at least two of them (a pasted tweet or clause to classify). A label is a
-    verdict on the user's own text, not a claim from the sources, so the guard does not judge it."""
+    labels when the question names at least two of them or one of the task's `asked_by` phrases (a pasted tweet
+    or clause to classify). A label is a verdict on the user's own text, not a claim from the sources, so the
+    guard does not judge it."""
     first = re.match(r"\s*([A-Za-z][\w-]*)", text)
     if not first:
         return None
     word = first.group(1).lower()
-    q = question.lower()
     for spec in domain.tasks.values():
-        labels = [str(label) for label in spec.get("labels", [])]
-        if word not in (label.lower() for label in labels):
+        if word not in (str(label).lower() for label in spec.get("labels", [])):
             continue
         if word in ("yes", "no"):
             if _POLAR.match(question):
                 return first.group(1)
-        elif sum(label.lower() in q for label in labels) >= 2:
+        elif _asks_for(question, spec):
             return first.group(1)
     return None
 

@@ -119,6 +119,18 @@ def _rules(data: dict, folder: str) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
+def _tasks(data: dict, folder: str) -> dict[str, dict]:
+    tasks = data.get("tasks", {})
+    if not isinstance(tasks, dict) or not all(isinstance(spec, dict) for spec in tasks.values()):
+        raise ManifestError(f"{folder}: `tasks` must be a table of tables ([tasks.<name>])")
+    for task, spec in tasks.items():
+        for key in ("labels", "asked_by"):  # asked_by: phrases that ask for a label ("sentiment")
+            value = spec.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(x, str) and x.strip() for x in value):
+                raise ManifestError(f"{folder}: tasks.{task}.{key} must be a list of non-empty strings")
+    return tasks
+
+
 def parse_manifest(folder: Path) -> Domain:
     """Parse `folder/domain.toml`. Raises ManifestError naming the folder on any problem."""
     name = folder.name
@@ -143,9 +155,7 @@ def parse_manifest(folder: Path) -> Domain:
     examples = _str_list(data, "examples", name)
     if len(examples) < 3:
         raise ManifestError(f"{name}: give at least 3 `examples` questions so the router can learn the domain")
-    tasks = data.get("tasks", {})
-    if not isinstance(tasks, dict):
-        raise ManifestError(f"{name}: `tasks` must be a table")
+    tasks = _tasks(data, name)
     return Domain(
         name=name,
         label=str(data.get("label", "")),

@@ -57,6 +57,7 @@ _BULLET = re.compile(r"^(?:[-*•]|\d{1,2}[.)])\s+")
 _PIECE = re.compile(r"(?<=[,;])\s+")
 _WORD = re.compile(r"[^\W\d_]{2,}")
 _KEY = re.compile(r"[^\W_]+")
+_URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 _TOKEN = re.compile(r"[a-z0-9]+")  # the keyword index's tokens (bot.retrieval.bm25): subject words are these
 _NUM = re.compile(r"(?=[$€£\d.])(?<![\w.,])(?:[$€£]\s?)?(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
                   r"(?:st|nd|rd|th)?"
@@ -174,6 +175,7 @@ def subject_terms(question: str, df: Callable[[str], int], n_chunks: int,
     asker's own, which no passage can confirm), and used as a name there (`_name_like`).
     `df(word)`: how many chunks hold the word (keyword-index tokens); `holders(word)`: their (title, text)."""
     limit = max(2.0, share * n_chunks)
+    question = _URL.sub(" ", question)  # a link's pieces (the "co" of t.co) name nothing the question is about
     words = dict.fromkeys(w for w in _TOKEN.findall(question.lower()) if len(w) > 1 and w not in _STOP)
     return tuple(w for w in words if not w.isdigit() and 1 <= df(w) <= limit and _name_like(w, holders(w)))
 

@@ -40,6 +40,10 @@ def test_shipped_domains_load_without_errors():
         (GOOD.format(name="bad") + "top_k = 99\n", "top_k"),
         (GOOD.format(name="bad") + '[[rules]]\npattern = "("\nreply = "no"\n', "not a valid regex"),
         (GOOD.format(name="bad").replace('["one?", "two?", "three?"]', '["one?"]'), "at least 3"),
+        (GOOD.format(name="bad") + '[tasks.tone]\nlabels = ["Up", "Down"]\nasked_by = "tone"\n',
+         "tasks.tone.asked_by must be a list"),
+        (GOOD.format(name="bad") + '[tasks.tone]\nlabels = "Up, Down"\n', "tasks.tone.labels must be a list"),
+        (GOOD.format(name="bad") + 'tasks = {tone = "classification"}\n', "table of tables"),
     ],
 )
 def test_malformed_manifest_is_reported_with_folder_name_and_others_still_load(tmp_path, text, reason):

@@ -79,6 +79,24 @@ def test_a_yes_no_label_to_a_polar_question_is_kept_and_to_an_open_one_is_not(an
     assert label_answer(f"{labels[0]}.", "What was revenue in 2019?", finance) is None
 
 
+@pytest.mark.parametrize("question", [
+    "finance: What is the sentiment of this tweet: $AAPL beats earnings estimates, shares jump 5%",
+    "finance: sentiment? Stocks slide as Fed signals more rate hikes",
+])
+def test_a_label_to_a_question_that_asks_for_it_in_the_tasks_words_is_kept(answerer, question):
+    """The question names no label, but asks for the sentiment (the task's `asked_by`): the label is the answer,
+    not a quote of a passage about earnings per share."""
+    finance = answerer.discovery.get("finance")
+    assert finance.tasks["tfns_sentiment"]["asked_by"] and not any(
+        label.lower() in question.lower() for label in finance.tasks["tfns_sentiment"]["labels"])
+    bot, _ = scripted(answerer, lambda body: "Bullish")
+    ans = bot.answer(question)
+    assert (ans.text, ans.guard["verdict"]) == ("Bullish", "supported")
+    bot, _ = scripted(answerer, lambda body: "Bullish")  # the same word to a question that asks for no label
+    ans = bot.answer("finance: What was the company's total revenue in 2019?")
+    assert ans.text != "Bullish" and ans.guard["verdict"] != "supported"
+
+
 def test_the_verdict_is_logged_with_the_exchange(answerer, settings):
     bot, _ = scripted(answerer, lambda body: "Yes")
     ans = bot.answer(QUESTION)

@@ -332,6 +332,11 @@ def test_subject_terms_are_rare_names_of_the_question():
     assert terms("Which protein does the gene behind FOXG1 syndrome hold? It holds what?") == ("foxg1",)
     # capitalised only where every word is (a sentence's or a table cell's start): not a name
     assert terms("How many Nonvested units?") == ()
+    # a pasted link's pieces are not its subject ("co" of t.co is rare and capitalised as "Co." in a corpus)
+    rare = {**holders, "co": [("Leases", "Acme Co. leases it")], "ksi3mosvpq": []}
+    linked = "News Highlights: FOXG1 https://t.co/KsI3MoSvPq www.co.uk/x"
+    assert subject_terms(linked, lambda w: {"co": 3, "ksi3mosvpq": 0}.get(w, df(w, 0)), 1500,
+                         lambda w: rare.get(w, [])) == ("foxg1",)
     # tiny corpora: up to 2 chunks still count as rare
     assert subject_terms("what about huntington?", lambda w: df(w, 0), 10, lambda w: holders.get(w, [])) == (
         "huntington",)
