@@ -151,7 +151,7 @@ def ask_tweets(live: LiveBot, n: int, adapter: str) -> list[tuple[str, dict, str
     return asked
 
 
-RETRAIN = ("--steps", "30", "--epochs", "3", "--lr", "1e-3", "--eval-limit", "24", "--eval-task", "tfns_sentiment",
+RETRAIN = ("--steps", "14", "--epochs", "3", "--lr", "1e-3", "--eval-limit", "24", "--eval-task", "tfns_sentiment",
            "--replay-task", "tfns_sentiment", "--margin", "0.01", "--kto-steps", "0", "--test-limit", "0")  # fmt: skip
 
 
