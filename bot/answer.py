@@ -162,6 +162,17 @@ _POLAR = re.compile(r"^\s*(is|are|was|were|does|do|did|can|could|may|might|must|
                     re.IGNORECASE)
 
 
+_ASKED = re.compile(r"[?:\n]")
+
+
+def carries_text(question: str) -> bool:
+    """The question brings text of its own to judge (a tweet, a clause): three words or more after its first "?",
+    ":" or line break. Without it, "Yes" to "Does the agreement renew automatically?" is a claim about the
+    sources, which the guard must check like any other."""
+    asked = _ASKED.search(question)
+    return bool(asked) and len(re.findall(r"[^\W_]+", question[asked.end():])) >= 3
+
+
 def _asks_for(question: str, spec: dict) -> bool:
     """The question names two of the task's labels, or a phrase its manifest lists in `asked_by` ("sentiment")."""
     q = question.lower()
@@ -171,12 +182,12 @@ def _asks_for(question: str, spec: dict) -> bool:
 
 
 def label_answer(text: str, question: str, domain: Domain) -> str | None:
-    """The answer's leading label when the question asks for one: Yes/No to a polar question, or one of a task's
-    labels when the question names at least two of them or one of the task's `asked_by` phrases (a pasted tweet
-    or clause to classify). A label is a verdict on the user's own text, not a claim from the sources, so the
-    guard does not judge it."""
+    """The answer's leading label when the question asks for one about text it carries (a pasted tweet or clause):
+    Yes/No to a polar question, or one of a task's labels when the question names at least two of them or one of
+    the task's `asked_by` phrases. Such a label is a verdict on the user's own text, not a claim from the sources,
+    so the guard does not judge it."""
     first = re.match(r"\s*([A-Za-z][\w-]*)", text)
-    if not first:
+    if not first or not carries_text(question):
         return None
     word = first.group(1).lower()
     for spec in domain.tasks.values():

@@ -68,10 +68,17 @@ def test_nothing_relevant_retrieved_says_the_sources_dont_cover_it(answerer):
         assert ans.text == NO_SOURCES_TEXT and ans.guard["verdict"] == "no-sources" and not ans.citations
 
 
-def test_a_yes_no_label_to_a_polar_question_is_kept_and_to_an_open_one_is_not(answerer):
+CLAUSE = "This Agreement renews for successive one-year terms unless either party gives 90 days' notice."
+
+
+def test_a_yes_no_label_to_a_polar_question_about_pasted_text_is_kept_and_to_an_open_one_is_not(answerer):
     legal = answerer.discovery.get("legal")
-    assert label_answer("Yes, it renews.", "Does the agreement renew automatically?", legal) == "Yes"
+    assert label_answer("Yes, it renews.", f"Does this clause renew automatically? {CLAUSE}", legal) == "Yes"
+    assert label_answer("No", f"Is there a non-compete here:\n{CLAUSE}", legal) == "No"
     assert label_answer("Yes", "How many code releases may the supplier ship?", legal) is None
+    # no text of the asker's own to judge: "Yes" would be a claim about the sources, checked like any other
+    assert label_answer("Yes, it renews.", "Does the agreement renew automatically?", legal) is None
+    assert label_answer("Yes", "Does the Acme agreement: renew?", legal) is None  # one word after the colon
     finance = answerer.discovery.get("finance")
     labels = finance.tasks["tfns_sentiment"]["labels"]
     asked = f"Is this tweet {', '.join(labels[:-1])} or {labels[-1]}? $AAPL beats estimates"
@@ -95,6 +102,18 @@ def test_a_label_to_a_question_that_asks_for_it_in_the_tasks_words_is_kept(answe
     bot, _ = scripted(answerer, lambda body: "Bullish")  # the same word to a question that asks for no label
     ans = bot.answer("finance: What was the company's total revenue in 2019?")
     assert ans.text != "Bullish" and ans.guard["verdict"] != "supported"
+
+
+def test_a_bare_yes_to_a_polar_question_about_the_documents_is_not_shown_as_the_answer(answerer):
+    """ "Does the agreement renew automatically?" carries no text to judge: a bare "Yes" rests on nothing, so the
+    person gets the closest clause instead; a "Yes" with a sentence the passage supports is kept, cited."""
+    question = "legal: Does the agreement renew automatically?"
+    bot, seen = scripted(answerer, lambda body: "Yes")
+    ans = bot.answer(question)
+    assert ans.guard["verdict"] == "quoted" and ans.text.startswith(QUOTE_PREFIX)
+    bot, seen = scripted(answerer, lambda body: f"Yes, {first_sentence_of_source(body, 1)} [1]")
+    ans = bot.answer(question)
+    assert ans.text.startswith("Yes, ") and ans.guard["verdict"] == "supported" and ans.guard["cited"] == [1]
 
 
 def test_the_verdict_is_logged_with_the_exchange(answerer, settings):
