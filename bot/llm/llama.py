@@ -24,6 +24,7 @@ from pathlib import Path
 from bot.config import Settings
 from bot.errors import ModelNotFound, UserFacingError
 from bot.llm import chat_format
+from bot.llm.quiet import load_llama
 from bot.prompt import SOURCES_HEADER
 
 log = logging.getLogger(__name__)
@@ -147,13 +148,12 @@ class Runtime:
     """Owns the `Llama` object; all access goes through `generate`, serialised on one worker thread."""
 
     def __init__(self, settings: Settings, *, prefix_cache: int = PREFIX_CACHE_SIZE):
-        import llama_cpp
 
         self.settings = settings
         self.model_path = resolve_model_path(settings)
         t0 = time.perf_counter()
         try:
-            self.llm = llama_cpp.Llama(
+            self.llm = load_llama(
                 model_path=str(self.model_path),
                 n_ctx=settings.n_ctx,
                 # Both phases on the configured cores: llama-cpp-python's default decodes on half of them.
@@ -161,7 +161,6 @@ class Runtime:
                 n_threads_batch=settings.n_threads or os.cpu_count(),
                 n_gpu_layers=settings.n_gpu_layers,
                 seed=settings.seed,
-                verbose=False,
             )
         except ValueError as exc:
             raise ModelNotFound(f"llama.cpp could not load {self.model_path}: {exc}") from exc

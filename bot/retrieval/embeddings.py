@@ -23,6 +23,7 @@ import numpy as np
 
 from bot.config import Settings  # noqa: F401  (sets HF_HUB_OFFLINE before transformers loads)
 from bot.errors import ModelNotFound
+from bot.llm.quiet import load_llama
 
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "llama", "torch")
@@ -82,9 +83,9 @@ class _LlamaEncoder:
         import llama_cpp
 
         # one batch packs several texts; a BERT sequence must fit one micro-batch whole
-        self._llm = llama_cpp.Llama(str(gguf), embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
-                                    n_ctx=512, n_batch=512, n_ubatch=512, n_threads=threads,
-                                    n_threads_batch=threads, n_gpu_layers=0, verbose=False)
+        self._llm = load_llama(str(gguf), embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+                               n_ctx=512, n_batch=512, n_ubatch=512, n_threads=threads,
+                               n_threads_batch=threads, n_gpu_layers=0)
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         return np.asarray(self._llm.embed(texts, normalize=True, truncate=True), dtype=np.float32)
