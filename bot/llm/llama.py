@@ -148,7 +148,6 @@ class Runtime:
     """Owns the `Llama` object; all access goes through `generate`, serialised on one worker thread."""
 
     def __init__(self, settings: Settings, *, prefix_cache: int = PREFIX_CACHE_SIZE):
-
         self.settings = settings
         self.model_path = resolve_model_path(settings)
         t0 = time.perf_counter()

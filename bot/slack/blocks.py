@@ -163,7 +163,7 @@ def policy_message(answer: Answer, domain_title: str) -> Message:
 def thinking_message(domain_title: str) -> Message:
     return {
         "text": f"{THINKING_MARK}{domain_title})…",
-        "blocks": [_header(domain_title), _context(f":mag: Searching {escape(domain_title.lower())} documents…")],
+        "blocks": [_header(domain_title), _context(f"{STREAM_MARK}{escape(domain_title.lower())} documents…")],
     }
 
 
